@@ -1,0 +1,33 @@
+"""
+imgrelay: live migration of CRIU images over sockets, with no image on disk.
+
+C{imgrelay-proxy} runs beside C{criu dump --stream}, C{imgrelay-cache} beside
+C{criu restore --stream}; between them runs imgrelay's link protocol, which
+verifies every image and the whole session before the cache serves it.
+
+The services are public API, to add to any Twisted application::
+
+    from imgrelay import cacheService, proxyService
+    proxyService("/run/dump", "tcp:host=dest:port=7070").setServiceParent(app)
+    cacheService("/run/mig", "tcp:7070").setServiceParent(app)
+"""
+
+from imgrelay._cache import CacheService, cacheService
+from imgrelay._errors import ProtocolError, SessionError
+from imgrelay._proxy import ProxyService, proxyService
+from imgrelay._proxysession import SessionOutcome
+from imgrelay._store import Session, SessionState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheService",
+    "ProtocolError",
+    "ProxyService",
+    "Session",
+    "SessionError",
+    "SessionOutcome",
+    "SessionState",
+    "cacheService",
+    "proxyService",
+]

@@ -1,0 +1,80 @@
+# -*- test-case-name: tests.test_cache -*-
+"""
+imgrelay-cache as a service: accept links from proxies into memory, and
+serve CRIU's restore from a local socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from imgrelay._cachelink import CacheLinkFactory
+from imgrelay._proxy import localEndpoint
+from imgrelay._store import Session, SessionSlot
+from imgrelay._streamserve import StreamServeFactory
+
+#: The socket C{criu restore --stream -D DIR} connects to, inside DIR.
+SERVE_SOCKET = "streamer-serve.sock"
+
+
+class CacheService(MultiService):
+    """
+    The cache: links in on C{listen}, restores on C{local}.
+
+    @ivar slot: The session being received and served.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, listen: str, local: str) -> None:
+        """
+        @param reactor: The reactor.
+        @param listen: Server endpoint string for the link.
+        @param local: Server endpoint string for CRIU's socket.
+        """
+        MultiService.__init__(self)
+        self._observers: list[Callable[[Session], None]] = []
+        self.slot = SessionSlot(self._consumed, reactor.seconds)
+        strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds), reactor=reactor).setServiceParent(self)
+        strports.service(local, StreamServeFactory(self.slot, reactor), reactor=reactor).setServiceParent(self)
+
+    def addSessionObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with each session once it is over: complete and
+        restored, or failed and no restore is reading it.
+        """
+        self._observers.append(observer)
+
+    def _consumed(self, session: Session) -> None:
+        self.log.info(
+            "session {session} released ({state})", session=session.name, state=session.state.value
+        )
+        for observer in self._observers:
+            observer(session)
+
+
+def cacheService(
+    imagesDir: str,
+    listen: str,
+    local: Optional[str] = None,
+    reactor: Any = None,
+) -> CacheService:
+    """
+    Make an imgrelay cache to add to an application.
+
+    @param imagesDir: The directory CRIU restores from (C{criu restore -D}).
+    @param listen: A server endpoint string for links, e.g. C{"tcp:7070"}.
+    @param local: A server endpoint string for CRIU's socket instead of
+        C{imagesDir/streamer-serve.sock}.
+    @param reactor: The reactor; the global one by default.
+    @return: The service.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    return CacheService(reactor, listen, local or localEndpoint(imagesDir, SERVE_SOCKET))

@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.test_cachelink -*-
+"""
+The cache's end of the link: a sans-IO state machine that turns the proxy's
+messages into verified images and answers, and the thin protocol around it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import attrs
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imgrelay._errors import ProtocolError, SessionError
+from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
+from imgrelay._integrity import RunningChecksum, manifestDigest
+from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
+from imgrelay._names import BadName, checkId, checkImageName
+from imgrelay._pb import link_pb2
+from imgrelay._store import Image, ImageData, Session, SessionSlot
+
+#: How much the cache reads from the link at once.
+READ_SIZE = 1 << 20
+
+
+@attrs.define
+class _Incoming:
+    snapshotId: str
+    name: str
+    opened: float
+    data: ImageData = attrs.Factory(ImageData)
+    checksum: RunningChecksum = attrs.Factory(RunningChecksum)
+
+
+def _rate(size: int, seconds: float) -> float:
+    return size / seconds / 1e6 if seconds > 0 else 0.0
+
+
+class CacheLinkState:
+    """
+    What the cache knows of one link, and its answers.
+
+    L{received} takes each framing event; it returns the messages to send
+    back, and raises L{ProtocolError}, L{SessionError}, L{BadName} for input
+    that ends the link. L{failed} then says what to tell the proxy.
+
+    @ivar session: The session this link fills, once the proxy said hello.
+    """
+
+    log = Logger()
+
+    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+        self._slot = slot
+        self._clock = clock
+        self.session: Optional[Session] = None
+        self._open: dict[int, _Incoming] = {}
+        self._seen: set[int] = set()
+        self._chunkTarget: Optional[_Incoming] = None
+        self._finished = False
+
+    @property
+    def refused(self) -> bool:
+        """
+        Whether the session failed on this link (an image was refused).
+        """
+        return self.session is not None and self.session.failure is not None
+
+    def received(
+        self, event: HeaderReceived[link_pb2.ProxyMessage] | object
+    ) -> list[CacheMessage]:
+        """
+        Handle one framing event.
+
+        @return: The messages to send back, in order.
+        """
+        if isinstance(event, PayloadChunk):
+            target = self._chunkTarget
+            assert target is not None
+            target.data.append(event.data)
+            target.checksum.update(event.data)
+            return []
+        if not isinstance(event, HeaderReceived):
+            return []
+        message = event.message
+        kind = message.WhichOneof("kind")
+        if self.session is None:
+            if kind != "hello":
+                raise ProtocolError(f"expected hello, got {kind}")
+            return [self._onHello(message.hello)]
+        if self._finished:
+            raise ProtocolError(f"{kind} after the final handshake")
+        handlers: dict[str, Callable[[object], list[CacheMessage]]] = {
+            "open": self._onOpen,  # type: ignore[dict-item]
+            "chunk": self._onChunk,  # type: ignore[dict-item]
+            "close": self._onClose,  # type: ignore[dict-item]
+            "done": self._onDone,  # type: ignore[dict-item]
+            "abort": self._onAbort,  # type: ignore[dict-item]
+        }
+        handler = handlers.get(kind or "")
+        if handler is None:
+            raise ProtocolError(f"unexpected {kind} during a session")
+        return handler(getattr(message, kind or ""))
+
+    def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
+        if hello.version != VERSION:
+            raise ProtocolError(
+                f"link protocol version {hello.version} is not supported "
+                f"(this cache speaks version {VERSION})"
+            )
+        if not hello.session:
+            raise ProtocolError("hello names no session")
+        checkId("session name", hello.session)
+        session = self._slot.claim(hello.session)
+        self.session = session
+        self.log.info("session {session}: proxy connected", session=hello.session)
+        return CacheMessage(accept=link_pb2.Accept())
+
+    def _image(self, imageId: int) -> _Incoming:
+        incoming = self._open.get(imageId)
+        if incoming is None:
+            raise ProtocolError(f"image {imageId} is not open")
+        return incoming
+
+    def _onOpen(self, message: link_pb2.ImageOpen) -> list[CacheMessage]:
+        assert self.session is not None
+        if message.image in self._seen:
+            raise ProtocolError(f"image id {message.image} used twice")
+        checkImageName(message.name)
+        checkId("snapshot id", message.snapshot_id)
+        key = (message.snapshot_id, message.name)
+        if self.session.has(*key) or any(
+            (i.snapshotId, i.name) == key for i in self._open.values()
+        ):
+            raise SessionError(
+                f"image {message.name!r} written twice in snapshot {message.snapshot_id!r}"
+            )
+        self._seen.add(message.image)
+        self._open[message.image] = _Incoming(message.snapshot_id, message.name, self._clock())
+        return []
+
+    def _onChunk(self, message: link_pb2.Chunk) -> list[CacheMessage]:
+        self._chunkTarget = self._image(message.image)
+        return []
+
+    def _onClose(self, message: link_pb2.ImageClose) -> list[CacheMessage]:
+        assert self.session is not None
+        incoming = self._image(message.image)
+        del self._open[message.image]
+        got = incoming.checksum
+        problem = None
+        if got.size != message.size:
+            problem = f"size mismatch: proxy sent {message.size} bytes, cache received {got.size}"
+        elif got.crc != message.crc32c:
+            problem = (
+                f"checksum mismatch: proxy's CRC-32C {message.crc32c:08x}, "
+                f"received bytes' {got.crc:08x}"
+            )
+        if problem is not None:
+            reason = f"image {incoming.name!r} refused: {problem}"
+            self.log.error("session {session}: {reason}", session=self.session.name, reason=reason)
+            self.session.fail(reason)
+            return [CacheMessage(image_refused=link_pb2.ImageRefused(image=message.image, reason=reason))]
+        seconds = self._clock() - incoming.opened
+        self.session.addVerified(Image(incoming.snapshotId, incoming.name, incoming.data, got.crc))
+        self.log.info(
+            "session {session}: image {name} verified, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
+            session=self.session.name,
+            name=incoming.name,
+            snapshot=incoming.snapshotId,
+            size=got.size,
+            seconds=seconds,
+            rate=_rate(got.size, seconds),
+        )
+        return [CacheMessage(ack=link_pb2.ImageAck(image=message.image))]
+
+    def _onDone(self, message: link_pb2.Done) -> list[CacheMessage]:
+        session = self.session
+        assert session is not None
+        images = list(session.images.values())
+        total = sum(i.size for i in images)
+        if self._open:
+            names = sorted(i.name for i in self._open.values())
+            raise SessionError(f"done while {len(names)} images are still open: {', '.join(names)}")
+        if message.images != len(images):
+            raise SessionError(f"proxy sent {message.images} images, cache verified {len(images)}")
+        if message.bytes != total:
+            raise SessionError(f"proxy sent {message.bytes} bytes, cache verified {total}")
+        if message.manifest_sha256 != manifestDigest(i.manifestEntry() for i in images):
+            raise SessionError("manifest digest differs between proxy and cache")
+        self._finished = True
+        session.complete()
+        seconds = (session.ended or 0.0) - (session.started or 0.0)
+        self.log.info(
+            "session {session}: complete, {images} images, {bytes} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
+            session=session.name,
+            images=len(images),
+            bytes=total,
+            seconds=seconds,
+            rate=_rate(total, seconds),
+        )
+        return [CacheMessage(done_ok=link_pb2.DoneOk())]
+
+    def _onAbort(self, message: link_pb2.Abort) -> list[CacheMessage]:
+        raise SessionError(f"proxy aborted the session: {message.reason or 'no reason given'}")
+
+    def failed(self, reason: str) -> Optional[CacheMessage]:
+        """
+        The link ends on an error: fail the session, if any.
+
+        @param reason: What went wrong.
+        @return: The message that tells the proxy, if one is owed.
+        """
+        session = self.session
+        if session is None:
+            self.log.error("link refused: {reason}", reason=reason)
+            return CacheMessage(refuse=link_pb2.Refuse(reason=reason))
+        if session.final:
+            self.log.error("session {session}: link error after the end: {reason}",
+                           session=session.name, reason=reason)
+            return None
+        self.log.error("session {session} failed: {reason}", session=session.name, reason=reason)
+        session.fail(reason)
+        return CacheMessage(failed=link_pb2.SessionFailed(reason=reason))
+
+    def lost(self, reason: str) -> None:
+        """
+        The link closed; a session it had not completed fails.
+        """
+        session = self.session
+        if session is not None and not session.final:
+            why = f"link lost before the session completed ({reason})"
+            self.log.error("session {session} failed: {reason}", session=session.name, reason=why)
+            session.fail(why)
+
+
+class CacheLinkProtocol(Protocol):
+    """
+    One link from a proxy.
+    """
+
+    log = Logger()
+
+    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+        self._framer = proxyMessageFramer()
+        self.state = CacheLinkState(slot, clock)
+        self._closing = False
+
+    def connectionMade(self) -> None:
+        """
+        Read the link in large pieces.
+        """
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Feed the state machine; end the link on any error.
+        """
+        if self._closing:
+            return
+        try:
+            for event in self._framer.feed(data):
+                for reply in self.state.received(event):
+                    self.transport.write(frame(reply))
+                if self.state.refused:
+                    # An image was refused: the session is over.
+                    self._closing = True
+                    self.transport.loseConnection()
+                    return
+        except (FramingError, ProtocolError, SessionError, BadName) as e:
+            self._fail(str(e))
+
+    def _fail(self, reason: str) -> None:
+        self._closing = True
+        message = self.state.failed(reason)
+        if message is not None:
+            self.transport.write(frame(message))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """
+        A session still receiving fails.
+        """
+        self.state.lost(reason.getErrorMessage())
+
+
+class CacheLinkFactory(Factory):
+    """
+    Accept links from proxies into a L{SessionSlot}.
+    """
+
+    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+        self.slot = slot
+        self.clock = clock
+
+    noisy = False
+
+    def buildProtocol(self, addr: object) -> CacheLinkProtocol:
+        """
+        @return: A protocol for one link.
+        """
+        p = CacheLinkProtocol(self.slot, self.clock)
+        p.factory = self
+        return p

@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.test_criuwire -*-
+"""
+The encoding of CRIU's local protocols (C{../shared/spec/criu-wire.md}):
+little-endian length prefixes and proto2 messages.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer
+from imgrelay._pb import criu_pb2
+
+#: CRIU frames with a u32 in the host's byte order: little-endian on every
+#: architecture CRIU supports here.
+PREFIX = "<I"
+
+#: The byte CRIU sends with each passed file descriptor.
+FD_BYTE = b"\x00"
+
+_prefix = struct.Struct(PREFIX)
+
+
+def frame(message: object) -> bytes:
+    """
+    @param message: A protobuf message.
+    @return: C{message} serialized behind CRIU's length prefix.
+    """
+    body = message.SerializeToString()  # type: ignore[attr-defined]
+    return _prefix.pack(len(body)) + body
+
+
+def _captureRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, int]:
+    # On the dump side every request is followed by its pipe's fd byte.
+    return criu_pb2.StreamRequest.FromString(data), 1
+
+
+def _serveRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, None]:
+    # On the restore side the pipe comes only if the reply said it exists.
+    return criu_pb2.StreamRequest.FromString(data), None
+
+
+def streamCaptureFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[criu_pb2.StreamRequest]:
+    """
+    @return: A framer for CRIU's C{--stream} dump connection.
+    """
+    return Framer(_captureRequest, PREFIX, maxHeaderSize)
+
+
+def streamServeFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[criu_pb2.StreamRequest]:
+    """
+    @return: A framer for CRIU's C{--stream} restore connection; after each
+        request the consumer says whether a pipe follows.
+    """
+    return Framer(_serveRequest, PREFIX, maxHeaderSize)
+
+
+def streamReply(exists: bool) -> bytes:
+    """
+    @return: The framed reply to a restore request.
+    """
+    return frame(criu_pb2.StreamReply(exists=exists))

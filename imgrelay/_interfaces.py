@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+The seams between imgrelay's local protocols (what CRIU speaks) and its link
+(what the proxy and cache speak), so that either local protocol can sit on
+either end.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IImageSink(Interface):
+    """
+    Where a capture-side local protocol puts the images CRIU hands it: one
+    migration session, on the proxy.
+    """
+
+    ready = Attribute(
+        "A Deferred that fires with None once images can be opened (the "
+        "link was accepted), or fails if the session failed first."
+    )
+
+    result = Attribute(
+        "A Deferred that fires once the far side confirmed the session "
+        "complete, or fails with imgrelay._errors.SessionError."
+    )
+
+    paused = Attribute("Whether image producers are to be held now.")
+
+    def openImage(snapshotId: str, name: str) -> "IOutgoingImage":
+        """
+        Begin an image.
+
+        @raise imgrelay._names.BadName: For a name that is not acceptable.
+        @raise imgrelay._errors.SessionError: If the session cannot take it.
+        """
+
+    def finish() -> None:
+        """
+        The local side will open no more images; the session completes once
+        every open image is closed and the far side confirms.
+        """
+
+    def abort(reason: str) -> None:
+        """
+        Give the session up, telling the far side why.
+        """
+
+
+class IOutgoingImage(Interface):
+    """
+    One image on its way from a capture-side protocol to the link.
+    """
+
+    name = Attribute("The image's file name.")
+
+    def attachProducer(producer: object) -> None:
+        """
+        Name the L{twisted.internet.interfaces.IPushProducer} that feeds this
+        image (its pipe reader), so the link can pause it when it is full.
+        """
+
+    def write(data: bytes) -> None:
+        """
+        The image's next bytes.
+        """
+
+    def close() -> None:
+        """
+        The image's content ended (EOF on its pipe).
+        """
+
+
+class IImageSource(Interface):
+    """
+    What a serve-side local protocol reads images from: one session in the
+    cache's store.
+    """
+
+    def waitImage(snapshotId: str, name: str) -> object:
+        """
+        A Deferred that fires with the verified L{imgrelay._store.Image}, or
+        with None once it is certain the image will never be there (the
+        session completed without it, or failed).
+        """

@@ -1,0 +1,76 @@
+# -*- test-case-name: tests.test_linkwire -*-
+"""
+The encoding of imgrelay's link protocol: which messages each side sends,
+which carry a raw payload, and the framers that parse each direction.
+See C{docs/link-protocol.md}.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader
+from imgrelay._pb import link_pb2
+
+#: The link protocol's version, sent in Hello; the cache refuses others.
+VERSION = 1
+
+#: The link's length prefix: network byte order.
+PREFIX = "!I"
+
+#: The largest chunk a proxy sends and a cache accepts.
+MAX_CHUNK = 16 << 20
+
+_prefix = struct.Struct(PREFIX)
+
+ProxyMessage = link_pb2.ProxyMessage
+CacheMessage = link_pb2.CacheMessage
+
+
+def _decodeProxy(data: bytes) -> tuple[link_pb2.ProxyMessage, int]:
+    message = ProxyMessage.FromString(data)
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise MalformedHeader("unknown or empty link message from the proxy")
+    if kind == "chunk":
+        length = message.chunk.length
+        if length > MAX_CHUNK:
+            raise MalformedHeader(f"chunk of {length} bytes is over {MAX_CHUNK}")
+        return message, length
+    return message, 0
+
+
+def _decodeCache(data: bytes) -> tuple[link_pb2.CacheMessage, int]:
+    message = CacheMessage.FromString(data)
+    if message.WhichOneof("kind") is None:
+        raise MalformedHeader("unknown or empty link message from the cache")
+    return message, 0
+
+
+def proxyMessageFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[link_pb2.ProxyMessage]:
+    """
+    @return: A framer for what the cache receives.
+    """
+    return Framer(_decodeProxy, PREFIX, maxHeaderSize)
+
+
+def cacheMessageFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[link_pb2.CacheMessage]:
+    """
+    @return: A framer for what the proxy receives.
+    """
+    return Framer(_decodeCache, PREFIX, maxHeaderSize)
+
+
+def frame(message: link_pb2.ProxyMessage | link_pb2.CacheMessage) -> bytes:
+    """
+    @return: C{message} serialized behind its length prefix.
+    """
+    body = message.SerializeToString()
+    return _prefix.pack(len(body)) + body
+
+
+def chunkHeader(image: int, length: int) -> bytes:
+    """
+    The framed header that announces C{length} raw bytes of C{image}.
+    """
+    return frame(ProxyMessage(chunk=link_pb2.Chunk(image=image, length=length)))

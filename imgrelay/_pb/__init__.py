@@ -1,0 +1,1 @@
+"""Generated protobuf modules (see tools/regen-protos); do not edit."""

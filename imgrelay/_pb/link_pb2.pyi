@@ -1,0 +1,124 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("version", "session")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    session: str
+    def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
+
+class ImageOpen(_message.Message):
+    __slots__ = ("image", "name", "snapshot_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    name: str
+    snapshot_id: str
+    def __init__(self, image: _Optional[int] = ..., name: _Optional[str] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("image", "length")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    length: int
+    def __init__(self, image: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ImageClose(_message.Message):
+    __slots__ = ("image", "size", "crc32c")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    size: int
+    crc32c: int
+    def __init__(self, image: _Optional[int] = ..., size: _Optional[int] = ..., crc32c: _Optional[int] = ...) -> None: ...
+
+class Done(_message.Message):
+    __slots__ = ("images", "bytes", "manifest_sha256")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    images: int
+    bytes: int
+    manifest_sha256: bytes
+    def __init__(self, images: _Optional[int] = ..., bytes: _Optional[int] = ..., manifest_sha256: _Optional[bytes] = ...) -> None: ...
+
+class Abort(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ProxyMessage(_message.Message):
+    __slots__ = ("hello", "open", "chunk", "close", "done", "abort")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    open: ImageOpen
+    chunk: Chunk
+    close: ImageClose
+    done: Done
+    abort: Abort
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+
+class Accept(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Refuse(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ImageAck(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    def __init__(self, image: _Optional[int] = ...) -> None: ...
+
+class ImageRefused(_message.Message):
+    __slots__ = ("image", "reason")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    reason: str
+    def __init__(self, image: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DoneOk(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SessionFailed(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class CacheMessage(_message.Message):
+    __slots__ = ("accept", "refuse", "ack", "image_refused", "done_ok", "failed")
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    REFUSE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DONE_OK_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    accept: Accept
+    refuse: Refuse
+    ack: ImageAck
+    image_refused: ImageRefused
+    done_ok: DoneOk
+    failed: SessionFailed
+    def __init__(self, accept: _Optional[_Union[Accept, _Mapping]] = ..., refuse: _Optional[_Union[Refuse, _Mapping]] = ..., ack: _Optional[_Union[ImageAck, _Mapping]] = ..., image_refused: _Optional[_Union[ImageRefused, _Mapping]] = ..., done_ok: _Optional[_Union[DoneOk, _Mapping]] = ..., failed: _Optional[_Union[SessionFailed, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.test_pipes -*-
+"""
+The pipe ends CRIU passes: read on the dump side, written on the restore
+side, each a L{FileDescriptor} on the reactor so that one slow pipe never
+holds up another.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Callable, Optional, Sequence
+
+from twisted.internet import abstract, main
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.python.failure import Failure
+
+#: How much one read or write moves: pipes are raised to this size too.
+PIPE_BLOCK = 1 << 20
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def preparePipe(fd: int, size: int = PIPE_BLOCK) -> None:
+    """
+    Make a received pipe end non-blocking and, where the kernel lets us,
+    raise the pipe's capacity so each wake-up moves more.
+
+    @param fd: The pipe end.
+    @param size: The capacity wanted.
+    """
+    os.set_blocking(fd, False)
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except OSError:
+        # Over /proc/sys/fs/pipe-max-size, or not a pipe: keep what it has.
+        pass
+
+
+class PipeReader(abstract.FileDescriptor):
+    """
+    Read a pipe to its end, handing each piece on as it arrives.
+
+    It is a push producer: pausing it stops reading, so CRIU's writes block
+    on a full pipe instead of imgrelay buffering.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        reactor: IReactorFDSet,
+        dataReceived: Callable[[bytes], None],
+        ended: Callable[[Optional[Exception]], None],
+        readSize: int = PIPE_BLOCK,
+    ) -> None:
+        """
+        @param fd: The read end; it is closed when the pipe ends.
+        @param reactor: The reactor to read on.
+        @param dataReceived: Called with each piece read.
+        @param ended: Called once, with None at EOF or the read error.
+        @param readSize: The largest read.
+        """
+        abstract.FileDescriptor.__init__(self, reactor)
+        preparePipe(fd, readSize)
+        self._fd = fd
+        self._dataReceived = dataReceived
+        self._ended = ended
+        self._error: Optional[Exception] = None
+        self.readSize = readSize
+        self.connected = 1
+
+    def fileno(self) -> int:
+        """
+        @return: The pipe's descriptor, or -1 once closed.
+        """
+        return self._fd
+
+    def doRead(self) -> Optional[BaseException]:
+        """
+        Read one piece.
+        """
+        try:
+            data = os.read(self._fd, self.readSize)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            self._error = e
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self._dataReceived(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The pipe ended. epoll reports a writer's close as a hang-up without
+        a read event, which arrives here as a lost connection: unless a read
+        failed, that is the pipe's EOF.
+        """
+        abstract.FileDescriptor.connectionLost(self, reason)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+            self._ended(self._error)
+
+    def abort(self) -> None:
+        """
+        Stop reading and close the pipe without reporting its end.
+        """
+        self.stopReading()
+        fd, self._fd = self._fd, -1
+        self.connected = 0
+        self.disconnected = 1
+        if fd >= 0:
+            os.close(fd)
+
+
+class PipeWriter(abstract.FileDescriptor):
+    """
+    Write an image held in memory into a pipe, then close it.
+
+    Pieces are written straight from the image's memory, one block per
+    wake-up, nothing copied and nothing buffered.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        reactor: IReactorFDSet,
+        pieces: Sequence[bytes | memoryview],
+        ended: Callable[[Optional[Exception]], None],
+        writeSize: int = PIPE_BLOCK,
+    ) -> None:
+        """
+        @param fd: The write end; it is closed when done.
+        @param reactor: The reactor to write on.
+        @param pieces: The content, in order.
+        @param ended: Called once, with None when all was written or the
+            write error (C{BrokenPipeError} if the reader went away).
+        @param writeSize: The largest write.
+        """
+        abstract.FileDescriptor.__init__(self, reactor)
+        preparePipe(fd, writeSize)
+        self._fd = fd
+        self._pieces = pieces
+        self._index = 0
+        self._offset = 0
+        self._ended = ended
+        self._error: Optional[Exception] = None
+        self.writeSize = writeSize
+        self.connected = 1
+
+    def fileno(self) -> int:
+        """
+        @return: The pipe's descriptor, or -1 once closed.
+        """
+        return self._fd
+
+    def doWrite(self) -> Optional[BaseException]:
+        """
+        Write the next block.
+        """
+        while self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            if self._offset == len(piece):
+                self._index += 1
+                self._offset = 0
+                continue
+            view = memoryview(piece)[self._offset : self._offset + self.writeSize]
+            try:
+                self._offset += os.write(self._fd, view)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._error = e
+                return main.CONNECTION_LOST
+            return None
+        return main.CONNECTION_DONE
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Close the pipe and report how it ended.
+        """
+        abstract.FileDescriptor.connectionLost(self, reason)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+            if self._error is None and self._index < len(self._pieces):
+                self._error = ConnectionError("pipe closed before the image was written")
+            self._ended(self._error)

@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+imgrelay-proxy as a service: listen for CRIU's dump on a local socket, and
+for each dump open a link to the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imgrelay._proxylink import ProxyLinkFactory
+from imgrelay._proxysession import ProxySession, SessionOutcome
+from imgrelay._streamcapture import StreamCaptureFactory
+
+#: The socket C{criu dump --stream -D DIR} connects to, inside DIR.
+CAPTURE_SOCKET = "streamer-capture.sock"
+
+
+def localEndpoint(imagesDir: str, socketName: str) -> str:
+    """
+    The server endpoint string of a local socket in an images directory:
+    mode 0600, and a lock file so a stale socket of a dead daemon is
+    replaced while a live daemon's is not.
+    """
+    path = imagesDir.rstrip("/") + "/" + socketName
+    return f"unix:{quoteStringArgument(path)}:mode=600:lockfile=1"
+
+
+SessionObserver = Callable[[Union[SessionOutcome, Failure]], None]
+
+
+class ProxyService(MultiService):
+    """
+    The proxy: serves C{streamer-capture.sock} and relays each dump to the
+    cache over its own link.
+
+    @ivar sessionName: The name each session is sent under.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        local: str,
+        connect: Union[str, IStreamClientEndpoint],
+        sessionName: str,
+    ) -> None:
+        """
+        @param reactor: The reactor.
+        @param local: Server endpoint string for CRIU's socket.
+        @param connect: The cache's link: a client endpoint or its string.
+        @param sessionName: The session name sent in hello.
+        """
+        MultiService.__init__(self)
+        self._reactor = reactor
+        if isinstance(connect, str):
+            self.connectDescription = connect
+            connect = clientFromString(reactor, connect)
+        else:
+            self.connectDescription = repr(connect)
+        self._connect = connect
+        self.sessionName = sessionName
+        self._observers: list[SessionObserver] = []
+        self.sessions: set[ProxySession] = set()
+        strports.service(local, StreamCaptureFactory(self.newSession, reactor), reactor=reactor).setServiceParent(self)
+
+    def addSessionObserver(self, observer: SessionObserver) -> None:
+        """
+        Call C{observer} with each session's L{SessionOutcome}, or with the
+        L{Failure} that ended it.
+        """
+        self._observers.append(observer)
+
+    def newSession(self) -> ProxySession:
+        """
+        A dump connected: start its session and dial the cache.
+        """
+        session = ProxySession(self.sessionName, self._reactor.seconds)
+        self.sessions.add(session)
+        self.log.info(
+            "dump connected; session {session}: connecting to the cache at {cache}",
+            session=self.sessionName, cache=self.connectDescription,
+        )
+        d = self._connect.connect(ProxyLinkFactory(session))
+        d.addErrback(
+            lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
+        )
+        session.result.addBoth(self._ended, session)
+        return session
+
+    def _ended(self, result: Union[SessionOutcome, Failure], session: ProxySession) -> None:
+        self.sessions.discard(session)
+        for observer in self._observers:
+            observer(result)
+
+
+def proxyService(
+    imagesDir: str,
+    connect: Union[str, IStreamClientEndpoint],
+    sessionName: Optional[str] = None,
+    local: Optional[str] = None,
+    reactor: Any = None,
+) -> ProxyService:
+    """
+    Make an imgrelay proxy to add to an application.
+
+    @param imagesDir: The directory CRIU dumps to (C{criu dump -D}).
+    @param connect: The cache's link address: a client endpoint string such
+        as C{"tcp:host=dest:port=7070"}, or an endpoint.
+    @param sessionName: The session's name; by default this host's name and
+        C{imagesDir}.
+    @param local: A server endpoint string for CRIU's socket instead of
+        C{imagesDir/streamer-capture.sock}.
+    @param reactor: The reactor; the global one by default.
+    @return: The service.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if sessionName is None:
+        sessionName = defaultSessionName(imagesDir)
+    return ProxyService(reactor, local or localEndpoint(imagesDir, CAPTURE_SOCKET), connect, sessionName)
+
+
+def defaultSessionName(imagesDir: str) -> str:
+    """
+    @return: C{HOST:DIR}, this host's name and the absolute images directory.
+    """
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.path.abspath(imagesDir)}"

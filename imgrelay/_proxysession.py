@@ -1,0 +1,289 @@
+# -*- test-case-name: tests.test_proxysession -*-
+"""
+One migration session as the proxy runs it: the images CRIU opened, their
+checksums, what the cache acknowledged, and when the session is over.
+
+The session does no I/O of its own: it talks to a L{ILinkSender} (the link
+protocol) and is told what the cache answered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from imgrelay._errors import SessionError
+from imgrelay._integrity import ManifestEntry, RunningChecksum, manifestDigest
+from imgrelay._interfaces import IImageSink, IOutgoingImage
+from imgrelay._names import checkId, checkImageName
+
+
+class ILinkSender(Interface):
+    """
+    What a proxy session sends on its link.
+    """
+
+    def sendOpen(image: int, snapshotId: str, name: str) -> None:
+        """Announce a new image."""
+
+    def sendChunk(image: int, data: bytes) -> None:
+        """Send some of an image's bytes."""
+
+    def sendClose(image: int, size: int, crc: int) -> None:
+        """Announce an image's end, size and checksum."""
+
+    def sendDone(images: int, size: int, digest: bytes) -> None:
+        """Begin the final handshake."""
+
+    def sendAbort(reason: str) -> None:
+        """Tell the cache the session is given up, and close."""
+
+
+@attrs.frozen
+class SessionOutcome:
+    """
+    A session the cache confirmed complete.
+    """
+
+    name: str
+    images: int
+    bytes: int
+    seconds: float
+
+
+def _rate(size: int, seconds: float) -> float:
+    return size / seconds / 1e6 if seconds > 0 else 0.0
+
+
+@implementer(IOutgoingImage)
+class OutgoingImage:
+    """
+    An image on its way to the cache.
+    """
+
+    def __init__(self, session: ProxySession, imageId: int, snapshotId: str, name: str) -> None:
+        self.session = session
+        self.id = imageId
+        self.snapshotId = snapshotId
+        self.name = name
+        self.checksum = RunningChecksum()
+        self.producer: Optional[IPushProducer] = None
+        self.opened = session.clock()
+        self.closed: Optional[float] = None
+
+    def attachProducer(self, producer: object) -> None:
+        """
+        See L{IOutgoingImage.attachProducer}.
+        """
+        self.producer = IPushProducer(producer)
+        if self.session.paused:
+            self.producer.pauseProducing()
+        else:
+            self.producer.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        """
+        See L{IOutgoingImage.write}.
+        """
+        self.session.imageData(self, data)
+
+    def close(self) -> None:
+        """
+        See L{IOutgoingImage.close}.
+        """
+        self.session.imageClosed(self)
+
+
+@implementer(IImageSink)
+class ProxySession:
+    """
+    See the module docstring.
+
+    @ivar ready: Fires once the cache accepted the session.
+    @ivar result: Fires with a L{SessionOutcome} once the cache confirmed
+        the final handshake, or fails with L{SessionError}.
+    @ivar paused: Whether the image producers are held (link not accepted
+        yet, or its send buffer full).
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = checkId("session name", name)
+        self.clock = clock
+        self.ready: Deferred[None] = Deferred()
+        self.result: Deferred[SessionOutcome] = Deferred()
+        self.paused = True
+        self._link: Optional[ILinkSender] = None
+        self._open: dict[int, OutgoingImage] = {}
+        self._unacked: dict[int, OutgoingImage] = {}
+        self._manifest: list[ManifestEntry] = []
+        self._nextId = 1
+        self._finishing = False
+        self._doneSent = False
+        self._over = False
+        self._started = clock()
+
+    # Calls from the local (CRIU) side.
+
+    def openImage(self, snapshotId: str, name: str) -> OutgoingImage:
+        """
+        See L{IImageSink.openImage}.
+        """
+        if self._over or self._finishing or self._link is None:
+            raise SessionError(f"session {self.name!r} takes no new image now")
+        checkImageName(name)
+        checkId("snapshot id", snapshotId)
+        image = OutgoingImage(self, self._nextId, snapshotId, name)
+        self._nextId += 1
+        self._open[image.id] = image
+        self._link.sendOpen(image.id, snapshotId, name)
+        return image
+
+    def imageData(self, image: OutgoingImage, data: bytes) -> None:
+        """
+        Send an image's next bytes, checksumming them on the way.
+        """
+        if self._over or self._link is None:
+            return
+        image.checksum.update(data)
+        self._link.sendChunk(image.id, data)
+
+    def imageClosed(self, image: OutgoingImage) -> None:
+        """
+        An image's content ended: announce its size and checksum.
+        """
+        if self._over or self._link is None:
+            return
+        del self._open[image.id]
+        image.closed = self.clock()
+        image.producer = None
+        self._unacked[image.id] = image
+        c = image.checksum
+        self._manifest.append(ManifestEntry(image.snapshotId, image.name, c.size, c.crc))
+        self._link.sendClose(image.id, c.size, c.crc)
+        self._maybeDone()
+
+    def finish(self) -> None:
+        """
+        See L{IImageSink.finish}.
+        """
+        self._finishing = True
+        self._maybeDone()
+
+    def abort(self, reason: str) -> None:
+        """
+        See L{IImageSink.abort}.
+        """
+        if self._over:
+            return
+        if self._link is not None:
+            self._link.sendAbort(reason)
+        self._fail(f"aborted: {reason}")
+
+    def _maybeDone(self) -> None:
+        if self._finishing and not self._open and not self._doneSent and self._link is not None:
+            self._doneSent = True
+            total = sum(e.size for e in self._manifest)
+            self.log.info(
+                "session {session}: dump finished, {images} images, {bytes} bytes sent; final handshake",
+                session=self.name, images=len(self._manifest), bytes=total,
+            )
+            self._link.sendDone(len(self._manifest), total, manifestDigest(self._manifest))
+
+    # Calls from the link.
+
+    def accepted(self, link: ILinkSender) -> None:
+        """
+        The cache accepted the session on C{link}.
+        """
+        self._link = link
+        self.log.info("session {session}: cache accepted the link", session=self.name)
+        self.ready.callback(None)
+        self.resume()
+
+    def acked(self, imageId: int) -> None:
+        """
+        The cache verified an image.
+        """
+        image = self._unacked.pop(imageId, None)
+        if image is None:
+            self._fail(f"cache acknowledged image {imageId}, which is not awaiting it")
+            return
+        seconds = (image.closed or image.opened) - image.opened
+        self.log.info(
+            "session {session}: image {name} acknowledged, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
+            session=self.name, name=image.name, snapshot=image.snapshotId,
+            size=image.checksum.size, seconds=seconds, rate=_rate(image.checksum.size, seconds),
+        )
+
+    def doneOk(self) -> None:
+        """
+        The cache confirmed the final handshake.
+        """
+        if not self._doneSent or self._unacked:
+            self._fail("cache confirmed a final handshake that was not complete")
+            return
+        self._over = True
+        total = sum(e.size for e in self._manifest)
+        seconds = self.clock() - self._started
+        outcome = SessionOutcome(self.name, len(self._manifest), total, seconds)
+        self.log.info(
+            "session {session}: complete, cache confirmed {images} images, {bytes} bytes "
+            "in {seconds:.3f} s ({rate:.1f} MB/s)",
+            session=self.name, images=outcome.images, bytes=total, seconds=seconds,
+            rate=_rate(total, seconds),
+        )
+        self.result.callback(outcome)
+
+    def failed(self, reason: str) -> None:
+        """
+        The cache refused the session, an image, or the final handshake, or
+        the link broke.
+        """
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        if self._over:
+            return
+        self._over = True
+        self.log.error("session {session} failed: {reason}", session=self.name, reason=reason)
+        error = SessionError(reason)
+        if not self.ready.called:
+            self.ready.errback(error)
+        self.result.errback(error)
+
+    @property
+    def over(self) -> bool:
+        """
+        Whether the session completed or failed.
+        """
+        return self._over
+
+    # Backpressure from the link's transport.
+
+    def pause(self) -> None:
+        """
+        Stop every image's producer.
+        """
+        self.paused = True
+        for image in self._open.values():
+            if image.producer is not None:
+                image.producer.pauseProducing()
+
+    def resume(self) -> None:
+        """
+        Let every image's producer go on.
+        """
+        if self._link is None or self._over:
+            return
+        self.paused = False
+        for image in list(self._open.values()):
+            if image.producer is not None:
+                image.producer.resumeProducing()

@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The cache's memory: sessions, their verified images, and the restore
+requests waiting for images that are not verified yet.
+
+Nothing here does I/O; a waiter is a L{Deferred} that fires when the image
+is verified, or with None once it is certain it never will be.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Callable, Optional
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imgrelay._errors import SessionError
+from imgrelay._integrity import ManifestEntry
+from imgrelay._interfaces import IImageSource
+
+#: Pieces smaller than this are copied together into blocks of this size,
+#: so that a large image is a few large objects, not many small ones.
+BLOCK = 1 << 20
+
+
+class ImageData:
+    """
+    An image's bytes as a list of large pieces.
+
+    Large pieces are kept as they arrived (no copy); small ones are gathered
+    into blocks of L{BLOCK} bytes.
+    """
+
+    __slots__ = ("pieces", "size", "_tail")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes | memoryview | bytearray] = []
+        self.size = 0
+        self._tail: Optional[bytearray] = None
+
+    def append(self, data: bytes | memoryview) -> None:
+        """
+        Add the image's next bytes.
+
+        @param data: The bytes; a view is kept, not copied, when it is large.
+        """
+        n = len(data)
+        self.size += n
+        if n >= BLOCK // 2:
+            self._tail = None
+            self.pieces.append(data)
+            return
+        tail = self._tail
+        if tail is None or len(tail) + n > BLOCK:
+            tail = self._tail = bytearray()
+            self.pieces.append(tail)
+        tail += data
+
+    def tobytes(self) -> bytes:
+        """
+        @return: The whole content as one C{bytes} (for tests and tools).
+        """
+        return b"".join(self.pieces)
+
+
+@attrs.define
+class Image:
+    """
+    A verified image.
+
+    @ivar snapshotId: The snapshot it belongs to (C{""} for C{--stream}).
+    @ivar name: Its file name.
+    @ivar data: Its content.
+    @ivar crc: Its CRC-32C.
+    """
+
+    snapshotId: str
+    name: str
+    data: ImageData
+    crc: int
+
+    @property
+    def size(self) -> int:
+        """
+        @return: The image's length.
+        """
+        return self.data.size
+
+    def manifestEntry(self) -> ManifestEntry:
+        """
+        @return: What the final handshake counts of this image.
+        """
+        return ManifestEntry(self.snapshotId, self.name, self.size, self.crc)
+
+
+class SessionState(Enum):
+    """
+    Where a session stands.
+    """
+
+    WAITING = "waiting"  # no link has claimed it yet
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+Key = tuple[str, str]
+
+
+@implementer(IImageSource)
+class Session:
+    """
+    One migration as the cache holds it.
+
+    @ivar name: The name the proxy gave, None until a link claims it.
+    @ivar state: A L{SessionState}.
+    @ivar failure: Why it failed, if it did.
+    @ivar images: The verified images by (snapshot id, name).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name: Optional[str] = None
+        self.state = SessionState.WAITING
+        self.failure: Optional[str] = None
+        self.images: dict[Key, Image] = {}
+        self._waiters: dict[Key, list[Deferred[Optional[Image]]]] = {}
+        self._clock = clock
+        self.started: Optional[float] = None
+        self.ended: Optional[float] = None
+        self.restores = 0
+        self.consumed = False
+        self._finalObservers: list[Callable[[Session], None]] = []
+
+    @property
+    def final(self) -> bool:
+        """
+        Whether the session is complete or failed: nothing will change.
+        """
+        return self.state in (SessionState.COMPLETE, SessionState.FAILED)
+
+    @property
+    def bytes(self) -> int:
+        """
+        @return: The bytes of every verified image.
+        """
+        return sum(i.size for i in self.images.values())
+
+    def claim(self, name: str) -> None:
+        """
+        A link starts sending this session.
+        """
+        self.name = name
+        self.state = SessionState.RECEIVING
+        self.started = self._clock()
+
+    def has(self, snapshotId: str, name: str) -> bool:
+        """
+        @return: Whether that image is verified here.
+        """
+        return (snapshotId, name) in self.images
+
+    def addVerified(self, image: Image) -> None:
+        """
+        Keep a verified image and wake everyone waiting for it.
+        """
+        key = (image.snapshotId, image.name)
+        self.images[key] = image
+        for d in self._waiters.pop(key, []):
+            d.callback(image)
+
+    def waitImage(self, snapshotId: str, name: str) -> Deferred[Optional[Image]]:
+        """
+        See L{IImageSource.waitImage}.
+        """
+        key = (snapshotId, name)
+        image = self.images.get(key)
+        if image is not None or self.final:
+            return succeed(image)
+        d: Deferred[Optional[Image]] = Deferred()
+        self._waiters.setdefault(key, []).append(d)
+        return d
+
+    @property
+    def waiting(self) -> int:
+        """
+        @return: How many requests wait for an image.
+        """
+        return sum(len(ds) for ds in self._waiters.values())
+
+    def addFinalObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with this session once it is complete or failed.
+        """
+        self._finalObservers.append(observer)
+
+    def _end(self, state: SessionState) -> None:
+        self.state = state
+        self.ended = self._clock()
+        waiters, self._waiters = self._waiters, {}
+        for ds in waiters.values():
+            for d in ds:
+                d.callback(None)
+        observers, self._finalObservers = self._finalObservers, []
+        for observer in observers:
+            observer(self)
+
+    def complete(self) -> None:
+        """
+        The final handshake succeeded: images not here now never will be.
+        """
+        self._end(SessionState.COMPLETE)
+
+    def fail(self, reason: str) -> None:
+        """
+        The session failed: no image of it will be served from now on, and
+        every request waiting is told the image does not exist.
+        """
+        if self.final:
+            return
+        self.failure = reason
+        self.images.clear()
+        self._end(SessionState.FAILED)
+
+
+class SessionSlot:
+    """
+    The single session a cache serves from one images directory.
+
+    Restores attach to the current session, even before any proxy has
+    claimed it, so a restore may start before the dump. Once a session is
+    final and every restore attached to it has gone, it is I{consumed}: it is
+    dropped and a fresh session waits for the next proxy.
+
+    @ivar current: The session a restore connecting now would read.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        consumed: Callable[[Session], None] = lambda s: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param consumed: Called with each session once it is consumed.
+        @param clock: Where sessions read the time.
+        """
+        self._clock = clock
+        self._consumed = consumed
+        self.current = self._fresh()
+
+    def _fresh(self) -> Session:
+        session = Session(self._clock)
+        session.addFinalObserver(self._final)
+        return session
+
+    def _final(self, session: Session) -> None:
+        if session.restores == 0 and session.state is SessionState.FAILED:
+            # Nobody is reading it; a restore that connects later still
+            # learns of the failure until the next proxy replaces it.
+            self._consume(session)
+
+    def _consume(self, session: Session) -> None:
+        if not session.consumed:
+            session.consumed = True
+            self._consumed(session)
+
+    def claim(self, name: str) -> Session:
+        """
+        A proxy starts session C{name}.
+
+        @return: The session its link fills.
+        @raise SessionError: If this slot cannot take it now.
+        """
+        current = self.current
+        if current.state is SessionState.RECEIVING:
+            raise SessionError(f"session {current.name!r} is still in progress")
+        if current.state is SessionState.COMPLETE and current.name == name:
+            raise SessionError(f"session {name!r} is already complete")
+        if current.state is not SessionState.WAITING:
+            current = self.current = self._fresh()
+        current.claim(name)
+        return current
+
+    def attachRestore(self) -> Session:
+        """
+        A restore connected.
+
+        @return: The session it reads.
+        """
+        self.current.restores += 1
+        return self.current
+
+    def detachRestore(self, session: Session) -> None:
+        """
+        A restore of C{session} disconnected and its pipes are written.
+        """
+        session.restores -= 1
+        if session.final and session.restores == 0:
+            if session is self.current:
+                self.current = self._fresh()
+            self._consume(session)

@@ -1,0 +1,176 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugins' options and services: C{twistd imgrelay-proxy} and
+C{twistd imgrelay-cache}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from imgrelay._cache import CacheService, cacheService
+from imgrelay._exit import stopWithStatus
+from imgrelay._proxy import ProxyService, defaultSessionName, proxyService
+from imgrelay._proxysession import SessionOutcome
+from imgrelay._store import Session, SessionState
+
+log = Logger(namespace="imgrelay")
+
+
+def _imagesDir(value: str) -> str:
+    if not os.path.isdir(value):
+        raise ValueError(f"{value!r} is not a directory")
+    return os.path.abspath(value)
+
+
+_imagesDir.coerceDoc = "An existing directory."  # type: ignore[attr-defined]
+
+
+class _Options(usage.Options):
+    optFlags = [["oneshot", None, "Serve one session, then exit: 0 if it succeeded, 1 if not."]]
+
+    def postOptions(self) -> None:
+        if self["images-dir"] is None:
+            raise usage.UsageError("--images-dir is required: the directory given to CRIU with -D")
+
+
+class ProxyOptions(_Options):
+    """
+    Options of C{twistd imgrelay-proxy}.
+    """
+
+    synopsis = "--images-dir DIR --connect ENDPOINT [options]"
+    longdesc = (
+        "Relay the images of `criu dump --stream -D DIR` to an imgrelay-cache. CRIU connects "
+        "to DIR/streamer-capture.sock; each dump is sent over its own link to the cache."
+    )
+    optParameters = [
+        ["images-dir", "D", None, "The directory CRIU dumps to (criu dump -D).", _imagesDir],
+        ["connect", "c", None, "Client endpoint of the cache's link, e.g. tcp:host=dest:port=7070."],
+        ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-capture.sock."],
+        ["session", None, None, "Session name sent to the cache (default: HOST:DIR)."],
+    ]
+
+    def postOptions(self) -> None:
+        """
+        Check the options together.
+        """
+        _Options.postOptions(self)
+        if not self["connect"]:
+            raise usage.UsageError("--connect is required: the cache's link endpoint, e.g. tcp:host=dest:port=7070")
+        _checkEndpoint(clientFromString, self["connect"], "--connect")
+        if self["local"]:
+            _checkEndpoint(serverFromString, self["local"], "--local")
+        if self["session"] is None:
+            self["session"] = defaultSessionName(self["images-dir"])
+
+
+class CacheOptions(_Options):
+    """
+    Options of C{twistd imgrelay-cache}.
+    """
+
+    synopsis = "--images-dir DIR --listen ENDPOINT [options]"
+    longdesc = (
+        "Receive images from imgrelay-proxy into memory and serve them to "
+        "`criu restore --stream -D DIR` on DIR/streamer-serve.sock."
+    )
+    optParameters = [
+        ["images-dir", "D", None, "The directory CRIU restores from (criu restore -D).", _imagesDir],
+        ["listen", "l", None, "Server endpoint for links from proxies, e.g. tcp:7070."],
+        ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
+    ]
+
+    def postOptions(self) -> None:
+        """
+        Check the options together.
+        """
+        _Options.postOptions(self)
+        if not self["listen"]:
+            raise usage.UsageError("--listen is required: the server endpoint for links, e.g. tcp:7070")
+        _checkEndpoint(serverFromString, self["listen"], "--listen")
+        if self["local"]:
+            _checkEndpoint(serverFromString, self["local"], "--local")
+
+
+def _checkEndpoint(parse: Any, description: str, option: str) -> None:
+    # Parsing an endpoint string needs no running reactor and opens nothing.
+    from twisted.internet import reactor
+
+    try:
+        parse(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"{option}: {description!r} is not a valid endpoint: {e}")
+
+
+def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
+    """
+    Build the proxy from its options; with C{--oneshot}, stop after the
+    first session.
+    """
+    service = proxyService(
+        options["images-dir"], options["connect"], options["session"], options["local"], reactor
+    )
+    log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
+    if options["oneshot"]:
+        service.addSessionObserver(lambda result: _proxyOneshot(service, result))
+    return service
+
+
+def _proxyOneshot(service: ProxyService, result: Union[SessionOutcome, Failure]) -> None:
+    if isinstance(result, Failure):
+        log.error("imgrelay-proxy: session failed, exiting 1: {reason}", reason=result.getErrorMessage())
+        stopWithStatus(service._reactor, 1)
+    else:
+        log.info("imgrelay-proxy: session {session} confirmed by the cache, exiting", session=result.name)
+        stopWithStatus(service._reactor, 0)
+
+
+def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
+    """
+    Build the cache from its options; with C{--oneshot}, stop once a
+    session is over.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    service = cacheService(options["images-dir"], options["listen"], options["local"], reactor)
+    if options["oneshot"]:
+        service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))
+    return service
+
+
+def _cacheOneshot(reactor: Any, session: Session) -> None:
+    if session.state is SessionState.COMPLETE:
+        log.info("imgrelay-cache: session {session} restored, exiting", session=session.name)
+        stopWithStatus(reactor, 0)
+    else:
+        log.error("imgrelay-cache: session {session} failed, exiting 1: {reason}",
+                  session=session.name, reason=session.failure)
+        stopWithStatus(reactor, 1)
+
+
+class _Plugin:
+    """
+    What a L{twisted.application.service.ServiceMaker} looks up by name:
+    an C{Options} class and a C{makeService} function.
+    """
+
+    def __init__(self, options: type, makeService: Any) -> None:
+        self.Options = options
+        self.makeService = makeService
+
+
+#: The C{imgrelay-proxy} plugin's options and service.
+proxy = _Plugin(ProxyOptions, makeProxyService)
+
+#: The C{imgrelay-cache} plugin's options and service.
+cache = _Plugin(CacheOptions, makeCacheService)

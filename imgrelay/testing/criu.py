@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_criuclient -*-
+"""
+A CRIU-like client for C{criu dump --stream} and C{criu restore --stream},
+blocking and independent of imgrelay's own code: it builds every byte from
+the wire spec (a little-endian u32 length, a proto2 message, and one 0x00
+byte with each passed pipe), so that it can check imgrelay from outside.
+
+It runs in a thread or another process, never on a reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import struct
+from importlib import resources
+from typing import Iterable, Iterator, Optional
+
+from imgrelay._pb.criu_pb2 import StreamReply, StreamRequest
+
+#: How much the client writes or reads at once.
+BLOCK = 1 << 20
+
+
+def frame(message: object) -> bytes:
+    """
+    @return: C{message} behind CRIU's little-endian length.
+    """
+    body: bytes = message.SerializeToString()  # type: ignore[attr-defined]
+    return struct.pack("<I", len(body)) + body
+
+
+def passFd(sock: socket.socket, fd: int) -> None:
+    """
+    Pass C{fd} as CRIU does: SCM_RIGHTS with one 0x00 byte.
+    """
+    socket.send_fds(sock, [b"\x00"], [fd])
+
+
+def _recvExactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        if not more:
+            raise ConnectionError(f"socket closed after {len(data)} of {n} bytes")
+        data += more
+    return data
+
+
+def writeAll(fd: int, data: bytes | memoryview) -> None:
+    """
+    Write everything to a blocking descriptor.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:BLOCK]) :]
+
+
+def readAll(fd: int) -> bytes:
+    """
+    Read a blocking descriptor to its end.
+    """
+    pieces = []
+    while True:
+        data = os.read(fd, BLOCK)
+        if not data:
+            return b"".join(pieces)
+        pieces.append(data)
+
+
+def connect(path: str) -> socket.socket:
+    """
+    Connect to a UNIX socket, as CRIU does.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return sock
+
+
+class StreamDumper:
+    """
+    The C{criu dump --stream} side: names images, passes pipes, writes.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: The proxy's C{streamer-capture.sock}.
+        """
+        self.sock = connect(path)
+
+    def open(self, name: str) -> int:
+        """
+        Ask for an image and pass its pipe.
+
+        @return: The pipe's write end, for L{writeAll} and C{os.close}.
+        """
+        r, w = os.pipe()
+        self.sock.sendall(frame(StreamRequest(filename=name)))
+        passFd(self.sock, r)
+        os.close(r)
+        return w
+
+    def send(self, name: str, data: bytes | memoryview) -> None:
+        """
+        Send one whole image.
+        """
+        w = self.open(name)
+        try:
+            writeAll(w, data)
+        finally:
+            os.close(w)
+
+    def close(self) -> None:
+        """
+        End the dump: close the socket.
+        """
+        self.sock.close()
+
+
+class StreamRestorer:
+    """
+    The C{criu restore --stream} side: asks for images, passes pipes,
+    reads them while it goes on asking.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: The cache's C{streamer-serve.sock}.
+        """
+        self.sock = connect(path)
+
+    def request(self, name: str) -> Optional[int]:
+        """
+        Ask for an image.
+
+        @return: The read end of its pipe, or None if it does not exist.
+        """
+        self.sock.sendall(frame(StreamRequest(filename=name)))
+        (length,) = struct.unpack("<I", _recvExactly(self.sock, 4))
+        reply = StreamReply.FromString(_recvExactly(self.sock, length))
+        if not reply.exists:
+            return None
+        r, w = os.pipe()
+        passFd(self.sock, w)
+        os.close(w)
+        return r
+
+    def fetch(self, name: str) -> Optional[bytes]:
+        """
+        Ask for one image and read it whole before going on.
+        """
+        r = self.request(name)
+        if r is None:
+            return None
+        try:
+            return readAll(r)
+        finally:
+            os.close(r)
+
+    def fetchAll(self, names: Iterable[str]) -> dict[str, Optional[bytes]]:
+        """
+        Ask for each image in turn, as CRIU does: the next request goes out
+        before the earlier pipes are read to their end, and every pipe is
+        read as data comes.
+
+        @return: Each name's content, or None where it does not exist.
+        """
+        result: dict[str, Optional[bytes]] = {}
+        pieces: dict[int, list[bytes]] = {}
+        owner: dict[int, str] = {}
+        sel = selectors.DefaultSelector()
+
+        def drain(timeout: Optional[float]) -> None:
+            for key, _ in sel.select(timeout):
+                fd = key.fd
+                data = os.read(fd, BLOCK)
+                if data:
+                    pieces[fd].append(data)
+                else:
+                    sel.unregister(fd)
+                    os.close(fd)
+                    result[owner.pop(fd)] = b"".join(pieces.pop(fd))
+
+        for name in names:
+            r = self.request(name)
+            if r is None:
+                result[name] = None
+                continue
+            pieces[r] = []
+            owner[r] = name
+            sel.register(r, selectors.EVENT_READ)
+            drain(0)
+        while owner:
+            drain(None)
+        sel.close()
+        return result
+
+    def close(self) -> None:
+        """
+        End the restore: close the socket.
+        """
+        self.sock.close()
+
+
+def traceDir() -> str:
+    """
+    @return: The directory of the bundled CRIU traces.
+    """
+    return str(resources.files("imgrelay.testing") / "traces")
+
+
+def loadTrace(name: str) -> dict:  # type: ignore[type-arg]
+    """
+    @param name: C{"dump-stream.json"} or C{"restore-stream.json"}.
+    @return: The parsed trace.
+    """
+    with open(os.path.join(traceDir(), name)) as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def patternBytes(name: str, size: int) -> bytes:
+    """
+    Deterministic content for images the traces hold only the size of
+    (C{pages-*.img}): no two blocks alike, so a misplaced block shows.
+    """
+    seed = name.encode()
+    block = bytearray()
+    counter = 0
+    import hashlib
+
+    while len(block) < size:
+        block += hashlib.sha256(seed + counter.to_bytes(8, "little")).digest() * 32
+        counter += 1
+    return bytes(block[:size])
+
+
+def traceImages() -> dict[str, bytes]:
+    """
+    @return: Every image of the recorded dump: the real files, and
+        generated content of the recorded size for the pages.
+    """
+    images: dict[str, bytes] = {}
+    directory = os.path.join(traceDir(), "images")
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            images[name] = f.read()
+    for event in loadTrace("dump-stream.json")["events"]:
+        if event["op"] == "close" and event["name"] not in images:
+            images[event["name"]] = patternBytes(event["name"], event["size"])
+    return images
+
+
+def replayDump(path: str, images: dict[str, bytes], events: Optional[list[dict]] = None) -> None:  # type: ignore[type-arg]
+    """
+    Replay the recorded dump event by event: open a pipe at each C{open},
+    write half the content then, the rest at its C{close}; close the socket
+    at C{socket-eof}. Pipes overlap exactly as CRIU's did.
+
+    @param path: The proxy's socket.
+    @param images: Content by name (see L{traceImages}).
+    @param events: The events; the bundled trace's by default.
+    """
+    if events is None:
+        events = loadTrace("dump-stream.json")["events"]
+    dumper = StreamDumper(path)
+    pipes: dict[str, int] = {}
+    try:
+        for event in events:
+            op = event["op"]
+            if op == "open":
+                name = event["name"]
+                w = pipes[name] = dumper.open(name)
+                writeAll(w, images[name][: len(images[name]) // 2])
+            elif op == "close":
+                name = event["name"]
+                w = pipes.pop(name)
+                writeAll(w, images[name][len(images[name]) // 2 :])
+                os.close(w)
+            elif op == "socket-eof":
+                dumper.close()
+    finally:
+        for w in pipes.values():
+            os.close(w)
+        dumper.close()
+
+
+def restoreNames() -> Iterator[tuple[str, bool]]:
+    """
+    @return: The recorded restore's requests: (name, whether it existed).
+    """
+    for request in loadTrace("restore-stream.json")["requests"]:
+        if "name" in request:  # the last entry is the socket's EOF
+            yield request["name"], request["exists"]
