@@ -1,0 +1,3 @@
+"""
+imgrelay's test suite: python -m twisted.trial tests
+"""
