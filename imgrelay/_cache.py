@@ -10,6 +10,8 @@ from typing import Any, Callable, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
@@ -39,8 +41,28 @@ class CacheService(MultiService):
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
-        strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds), reactor=reactor).setServiceParent(self)
+        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds), reactor=reactor)
+        self._link.setServiceParent(self)
         strports.service(local, StreamServeFactory(self.slot, reactor), reactor=reactor).setServiceParent(self)
+
+    def linkAddress(self) -> Deferred[IAddress]:
+        """
+        The address the link listens on, once it does: useful with port 0.
+        Call after L{startService}.
+
+        @return: A Deferred firing with the listening port's address.
+        """
+        waiting = self._link._waitingForPort  # set by startService
+        if waiting is None:
+            raise RuntimeError("the cache service is not started")
+        d: Deferred[IAddress] = Deferred()
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            d.callback(port.getHost())
+            return port
+
+        waiting.addCallback(listening)
+        return d
 
     def addSessionObserver(self, observer: Callable[[Session], None]) -> None:
         """

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -28,9 +29,6 @@ def _imagesDir(value: str) -> str:
     if not os.path.isdir(value):
         raise ValueError(f"{value!r} is not a directory")
     return os.path.abspath(value)
-
-
-_imagesDir.coerceDoc = "An existing directory."  # type: ignore[attr-defined]
 
 
 class _Options(usage.Options):
@@ -110,6 +108,27 @@ def _checkEndpoint(parse: Any, description: str, option: str) -> None:
         raise usage.UsageError(f"{option}: {description!r} is not a valid endpoint: {e}")
 
 
+class _Daemon(MultiService):
+    """
+    The top service of a twistd daemon: a bind error ends twistd with one
+    clear line instead of a traceback.
+    """
+
+    def __init__(self, name: str, service: IService) -> None:
+        MultiService.__init__(self)
+        self._name = name
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every endpoint now, or exit naming the one that failed.
+        """
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            raise SystemExit(f"{self._name}: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}")
+
+
 def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     """
     Build the proxy from its options; with C{--oneshot}, stop after the
@@ -121,7 +140,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
         service.addSessionObserver(lambda result: _proxyOneshot(service, result))
-    return service
+    return _Daemon("imgrelay-proxy", service)
 
 
 def _proxyOneshot(service: ProxyService, result: Union[SessionOutcome, Failure]) -> None:
@@ -145,7 +164,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
     service = cacheService(options["images-dir"], options["listen"], options["local"], reactor)
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))
-    return service
+    return _Daemon("imgrelay-cache", service)
 
 
 def _cacheOneshot(reactor: Any, session: Session) -> None:

@@ -70,11 +70,17 @@ def readAll(fd: int) -> bytes:
         pieces.append(data)
 
 
-def connect(path: str) -> socket.socket:
+#: How long the client waits for any answer before it gives up, so that a
+#: test of a broken daemon fails instead of hanging.
+TIMEOUT = 60.0
+
+
+def connect(path: str, timeout: Optional[float] = TIMEOUT) -> socket.socket:
     """
     Connect to a UNIX socket, as CRIU does.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     sock.connect(path)
     return sock
 
@@ -193,7 +199,10 @@ class StreamRestorer:
             sel.register(r, selectors.EVENT_READ)
             drain(0)
         while owner:
-            drain(None)
+            before = len(owner), sum(map(len, pieces.values()))
+            drain(TIMEOUT)
+            if (len(owner), sum(map(len, pieces.values()))) == before:
+                raise TimeoutError(f"no data for {TIMEOUT} s on the pipes of {sorted(owner.values())}")
         sel.close()
         return result
 

@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_e2e -*-
+"""
+Run the real twistd plugins as subprocesses, for the end-to-end tests, the
+demo and the benchmarks. Blocking: use it from a thread or a plain script.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import IO, Optional
+
+#: How twistd is started: with this interpreter, whatever PATH says.
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def freePort() -> int:
+    """
+    @return: A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """
+    One C{twistd -n imgrelay-...} process, its output in a log file.
+    """
+
+    def __init__(self, plugin: str, args: list[str], logPath: str) -> None:
+        """
+        @param plugin: C{"imgrelay-proxy"} or C{"imgrelay-cache"}.
+        @param args: The plugin's options.
+        @param logPath: Where its output goes.
+        """
+        self.logPath = logPath
+        self._log: IO[bytes] = open(logPath, "wb")
+        self.process = subprocess.Popen(
+            TWISTD + ["-n", "--pidfile=", plugin, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        """
+        @return: Everything it printed so far.
+        """
+        with open(self.logPath, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def waitFor(self, path: Optional[str] = None, port: Optional[int] = None, timeout: float = 30) -> None:
+        """
+        Wait until a socket file exists or a TCP port accepts.
+
+        @raise RuntimeError: If the daemon exited or the time ran out.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            if path is not None and os.path.exists(path):
+                return
+            if port is not None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log()}")
+
+    def wait(self, timeout: float = 60) -> int:
+        """
+        @return: The exit status, once it exited.
+        """
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        """
+        Stop it if it still runs.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

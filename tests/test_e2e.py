@@ -1,0 +1,128 @@
+"""
+End-to-end tests: the real twistd plugins as subprocesses on 127.0.0.1,
+driven by the CRIU-like client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+from typing import Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgrelay.testing import criu
+from imgrelay.testing.daemons import Daemon, freePort
+
+
+class EndToEndTests(SynchronousTestCase):
+    """
+    A migration through C{twistd imgrelay-proxy} and C{twistd imgrelay-cache}.
+    """
+
+    def setUp(self) -> None:
+        self.base = tempfile.mkdtemp(prefix="imgrelay-e2e-")
+        self.dumpDir = os.path.join(self.base, "dump")
+        self.restoreDir = os.path.join(self.base, "restore")
+        os.mkdir(self.dumpDir)
+        os.mkdir(self.restoreDir)
+        self.capture = os.path.join(self.dumpDir, "streamer-capture.sock")
+        self.serve = os.path.join(self.restoreDir, "streamer-serve.sock")
+        self.port = freePort()
+
+    def daemon(self, plugin: str, *args: str) -> Daemon:
+        d = Daemon(plugin, list(args), os.path.join(self.base, plugin + ".log"))
+        self.addCleanup(d.stop)
+        return d
+
+    def cache(self, *extra: str) -> Daemon:
+        return self.daemon(
+            "imgrelay-cache", "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--images-dir", self.restoreDir, *extra
+        )
+
+    def proxy(self, *extra: str) -> Daemon:
+        return self.daemon(
+            "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={self.port}", "--images-dir", self.dumpDir, *extra
+        )
+
+    def test_migration(self) -> None:
+        """
+        A 256 MiB image and 300 small files, restored while they are dumped,
+        arrive byte for byte; with C{--oneshot} both daemons exit 0, and
+        both local sockets are removed.
+        """
+        cache = self.cache("--oneshot")
+        proxy = self.proxy("--oneshot")
+        cache.waitFor(path=self.serve)
+        proxy.waitFor(path=self.capture)
+        images = {f"small-{i}.img": os.urandom(100 + 13 * i) for i in range(300)}
+        images["pages-1.img"] = criu.patternBytes("pages-1.img", 256 << 20)
+        restored: dict[str, Optional[bytes]] = {}
+
+        def restore() -> None:
+            r = criu.StreamRestorer(self.serve)
+            restored.update(r.fetchAll(sorted(images) + ["memfd.img"]))
+            r.close()
+
+        restorer = threading.Thread(target=restore)
+        restorer.start()
+        dumper = criu.StreamDumper(self.capture)
+        big = dumper.open("pages-1.img")
+        for name in sorted(images):
+            if name != "pages-1.img":
+                dumper.send(name, images[name])
+        criu.writeAll(big, images["pages-1.img"])
+        os.close(big)
+        dumper.close()
+        restorer.join(120)
+        self.assertFalse(restorer.is_alive())
+        self.assertEqual(proxy.wait(), 0, proxy.log())
+        self.assertEqual(cache.wait(), 0, cache.log())
+        self.assertIsNone(restored.pop("memfd.img"))
+        self.assertEqual(sorted(restored), sorted(images))
+        for name, content in images.items():
+            self.assertEqual(restored[name], content, name)
+        self.assertFalse(os.path.exists(self.capture))
+        self.assertFalse(os.path.exists(self.serve))
+        self.assertIn("complete, cache confirmed 301 images", proxy.log())
+
+    def test_socketMode(self) -> None:
+        """
+        Both local sockets are created with mode 0600.
+        """
+        cache = self.cache()
+        proxy = self.proxy()
+        cache.waitFor(path=self.serve)
+        proxy.waitFor(path=self.capture)
+        self.assertEqual(os.stat(self.serve).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(self.capture).st_mode & 0o777, 0o600)
+
+    def test_cacheUnreachable(self) -> None:
+        """
+        With no cache listening, a oneshot proxy exits 1 naming the cause.
+        """
+        proxy = self.proxy("--oneshot")
+        proxy.waitFor(path=self.capture)
+        dumper = criu.StreamDumper(self.capture)
+        try:
+            dumper.send("inventory.img", b"x")
+        except OSError:
+            pass
+        dumper.close()
+        self.assertEqual(proxy.wait(), 1)
+        self.assertIn("cannot reach the cache", proxy.log())
+
+    def test_bindError(self) -> None:
+        """
+        A cache whose link port is taken exits at once with one clear line.
+        """
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", self.port))
+        taken.listen()
+        self.addCleanup(taken.close)
+        cache = self.cache()
+        self.assertEqual(cache.wait(), 1)
+        self.assertIn(f"imgrelay-cache: cannot listen on 127.0.0.1:{self.port}", cache.log())
+        self.assertNotIn("Traceback", cache.log())

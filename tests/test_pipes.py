@@ -1,0 +1,116 @@
+"""
+Tests for L{imgrelay._pipes}: reading and writing real pipes on the reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from imgrelay._pipes import PipeReader, PipeWriter
+from imgrelay.testing.criu import patternBytes, readAll, writeAll
+
+
+class PipeReaderTests(TestCase):
+    """
+    L{PipeReader} reads a pipe to its end without blocking the reactor.
+    """
+
+    async def test_readsToEOF(self) -> None:
+        """
+        Everything written is handed on in order; the end is reported with
+        None and the descriptor is closed.
+        """
+        r, w = os.pipe()
+        content = patternBytes("reader", 3 << 20)
+        pieces: list[bytes] = []
+        ended: Deferred[Optional[Exception]] = Deferred()
+        reader = PipeReader(r, reactor, pieces.append, ended.callback)
+        reader.resumeProducing()
+        written = deferToThread(lambda: (writeAll(w, content), os.close(w)))
+        self.assertIsNone(await ended)
+        await written
+        self.assertEqual(b"".join(pieces), content)
+        self.assertEqual(reader.fileno(), -1)
+        self.assertRaises(OSError, os.fstat, r)
+
+    async def test_pausedReaderDoesNotRead(self) -> None:
+        """
+        A paused reader is not registered with the reactor; resumed, it
+        reads what waited in the pipe.
+        """
+        r, w = os.pipe()
+        pieces: list[bytes] = []
+        ended: Deferred[Optional[Exception]] = Deferred()
+        reader = PipeReader(r, reactor, pieces.append, ended.callback)
+        reader.resumeProducing()
+        reader.pauseProducing()
+        os.write(w, b"waiting")
+        os.close(w)
+        self.assertNotIn(reader, reactor.getReaders())
+        reader.resumeProducing()
+        self.assertIn(reader, reactor.getReaders())
+        self.assertIsNone(await ended)
+        self.assertEqual(b"".join(pieces), b"waiting")
+
+    def test_abortClosesSilently(self) -> None:
+        """
+        L{PipeReader.abort} closes the pipe and reports nothing.
+        """
+        r, w = os.pipe()
+        ended: list[Optional[Exception]] = []
+        reader = PipeReader(r, reactor, lambda data: None, ended.append)
+        reader.resumeProducing()
+        reader.abort()
+        self.assertNotIn(reader, reactor.getReaders())
+        self.assertEqual(ended, [])
+        self.assertRaises(BrokenPipeError, os.write, w, b"x")
+        os.close(w)
+
+
+class PipeWriterTests(TestCase):
+    """
+    L{PipeWriter} writes an image from memory into a pipe and closes it.
+    """
+
+    async def test_writesAllPieces(self) -> None:
+        """
+        Pieces of every kind (bytes, bytearray, memoryview) arrive in order,
+        then EOF.
+        """
+        r, w = os.pipe()
+        big = patternBytes("writer", 5 << 20)
+        pieces = [b"head", bytearray(b"middle"), memoryview(big)[1:], b""]
+        ended: Deferred[Optional[Exception]] = Deferred()
+        PipeWriter(w, reactor, pieces, ended.callback).startWriting()
+        content = await deferToThread(readAll, r)
+        os.close(r)
+        self.assertIsNone(await ended)
+        self.assertEqual(content, b"headmiddle" + big[1:])
+
+    async def test_emptyImage(self) -> None:
+        """
+        With nothing to write, the pipe is closed at once.
+        """
+        r, w = os.pipe()
+        ended: Deferred[Optional[Exception]] = Deferred()
+        PipeWriter(w, reactor, [], ended.callback).startWriting()
+        self.assertIsNone(await ended)
+        self.assertEqual(os.read(r, 10), b"")
+        os.close(r)
+
+    async def test_readerGone(self) -> None:
+        """
+        When the reader closes its end, the writer reports the broken pipe.
+        """
+        r, w = os.pipe()
+        os.close(r)
+        ended: Deferred[Optional[Exception]] = Deferred()
+        PipeWriter(w, reactor, [b"x" * 100], ended.callback).startWriting()
+        error = await ended
+        self.assertIsInstance(error, OSError)

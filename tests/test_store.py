@@ -1,0 +1,486 @@
+"""
+Tests for L{imgrelay._store}: image bytes, sessions and their waiters, and
+the slot that hands sessions to proxies and restores.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgrelay._errors import SessionError
+from imgrelay._integrity import ManifestEntry
+from imgrelay._interfaces import IImageSource
+from imgrelay._store import (
+    BLOCK,
+    Image,
+    ImageData,
+    Session,
+    SessionSlot,
+    SessionState,
+)
+
+
+def _image(name: str, content: bytes = b"content", snapshotId: str = "") -> Image:
+    """
+    Make a verified image holding C{content}.
+    """
+    data = ImageData()
+    data.append(content)
+    return Image(snapshotId, name, data, 1234)
+
+
+class ImageDataTests(SynchronousTestCase):
+    """
+    Tests for L{ImageData}.
+    """
+
+    def test_empty(self) -> None:
+        """
+        A new L{ImageData} is empty.
+        """
+        data = ImageData()
+        self.assertEqual(data.size, 0)
+        self.assertEqual(data.tobytes(), b"")
+        self.assertEqual(data.pieces, [])
+
+    def test_smallPiecesGathered(self) -> None:
+        """
+        Small pieces are copied together into blocks of at most L{BLOCK}
+        bytes, so many small writes make few pieces, in order.
+        """
+        data = ImageData()
+        pieces = [bytes([i % 251]) * 1000 for i in range(3000)]
+        for piece in pieces:
+            data.append(piece)
+        expected = b"".join(pieces)
+        self.assertEqual(data.size, len(expected))
+        self.assertEqual(data.tobytes(), expected)
+        # 3,000,000 bytes: each block takes whole pieces up to 1 MiB.
+        perBlock = (BLOCK // 1000) * 1000
+        self.assertEqual(
+            [len(p) for p in data.pieces],
+            [perBlock, perBlock, len(expected) - 2 * perBlock],
+        )
+
+    def test_smallPiecesDoNotAlias(self) -> None:
+        """
+        A small piece is copied: changing the buffer it came from later
+        does not change the image.
+        """
+        data = ImageData()
+        source = bytearray(b"abc")
+        data.append(memoryview(source))
+        source[0:3] = b"xyz"
+        self.assertEqual(data.tobytes(), b"abc")
+
+    def test_largePieceKeptWithoutCopy(self) -> None:
+        """
+        A piece of at least half a block is kept as the very object given,
+        not copied.
+        """
+        data = ImageData()
+        large = b"L" * (BLOCK // 2)
+        view = memoryview(b"V" * BLOCK)
+        data.append(large)
+        data.append(view)
+        self.assertEqual(len(data.pieces), 2)
+        self.assertIs(data.pieces[0], large)
+        self.assertIs(data.pieces[1], view)
+        self.assertEqual(data.size, BLOCK // 2 + BLOCK)
+
+    def test_mixedPiecesKeepOrder(self) -> None:
+        """
+        Small pieces after a large one start a new block instead of being
+        appended to an earlier one: the content stays in order.
+        """
+        data = ImageData()
+        large = b"L" * BLOCK
+        data.append(b"a")
+        data.append(large)
+        data.append(b"b")
+        data.append(b"c")
+        self.assertEqual(data.tobytes(), b"a" + large + b"bc")
+        self.assertEqual(data.size, BLOCK + 3)
+        self.assertEqual(len(data.pieces), 3)
+        self.assertEqual(bytes(data.pieces[2]), b"bc")
+
+
+class ImageTests(SynchronousTestCase):
+    """
+    Tests for L{Image}.
+    """
+
+    def test_sizeAndManifest(self) -> None:
+        """
+        An image's size is its data's and its manifest entry carries its
+        snapshot, name, size and checksum.
+        """
+        image = _image("pages-1.img", b"12345", "snap")
+        self.assertEqual(image.size, 5)
+        self.assertEqual(image.manifestEntry(), ManifestEntry("snap", "pages-1.img", 5, 1234))
+
+
+class SessionTests(SynchronousTestCase):
+    """
+    Tests for L{Session}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.session = Session(self.clock.seconds)
+
+    def test_interface(self) -> None:
+        """
+        L{Session} provides L{IImageSource}.
+        """
+        self.assertTrue(verifyObject(IImageSource, self.session))
+
+    def test_initialState(self) -> None:
+        """
+        A new session waits for a proxy and holds nothing.
+        """
+        s = self.session
+        self.assertIs(s.state, SessionState.WAITING)
+        self.assertIsNone(s.name)
+        self.assertFalse(s.final)
+        self.assertEqual(s.bytes, 0)
+        self.assertEqual(s.waiting, 0)
+
+    def test_claim(self) -> None:
+        """
+        Claiming names the session, starts receiving, and records the time.
+        """
+        self.clock.advance(7)
+        self.session.claim("mig")
+        self.assertEqual(self.session.name, "mig")
+        self.assertIs(self.session.state, SessionState.RECEIVING)
+        self.assertEqual(self.session.started, 7)
+        self.assertFalse(self.session.final)
+
+    def test_waitVerified(self) -> None:
+        """
+        Waiting for an image already verified is answered at once with it.
+        """
+        self.session.claim("mig")
+        image = _image("a.img", snapshotId="s")
+        self.session.addVerified(image)
+        self.assertTrue(self.session.has("s", "a.img"))
+        self.assertIs(self.successResultOf(self.session.waitImage("s", "a.img")), image)
+        self.assertEqual(self.session.waiting, 0)
+
+    def test_waitUnverified(self) -> None:
+        """
+        Waiting for an image not verified yet waits, and is answered with the
+        image once it is verified.
+        """
+        self.session.claim("mig")
+        d = self.session.waitImage("", "a.img")
+        self.assertNoResult(d)
+        self.assertEqual(self.session.waiting, 1)
+        image = _image("a.img")
+        self.session.addVerified(image)
+        self.assertIs(self.successResultOf(d), image)
+        self.assertEqual(self.session.waiting, 0)
+
+    def test_waitKeyedBySnapshot(self) -> None:
+        """
+        An image of the same name in another snapshot does not answer a
+        waiter.
+        """
+        self.session.claim("mig")
+        d = self.session.waitImage("snap2", "a.img")
+        self.session.addVerified(_image("a.img", snapshotId="snap1"))
+        self.assertNoResult(d)
+        self.assertFalse(self.session.has("snap2", "a.img"))
+
+    def test_everyWaiterWoken(self) -> None:
+        """
+        Every request waiting for one image is answered when it is verified,
+        not only the first.
+        """
+        self.session.claim("mig")
+        waiters = [self.session.waitImage("", "a.img") for _ in range(3)]
+        other = self.session.waitImage("", "b.img")
+        self.assertEqual(self.session.waiting, 4)
+        image = _image("a.img")
+        self.session.addVerified(image)
+        for d in waiters:
+            self.assertIs(self.successResultOf(d), image)
+        self.assertNoResult(other)
+        self.assertEqual(self.session.waiting, 1)
+
+    def test_completeAnswersWaitersNone(self) -> None:
+        """
+        Once the session is complete, requests still waiting are answered
+        with None, and later requests for missing images too; verified
+        images are still served.
+        """
+        self.session.claim("mig")
+        image = _image("a.img")
+        self.session.addVerified(image)
+        waiters = [self.session.waitImage("", "x.img") for _ in range(2)]
+        self.clock.advance(3)
+        self.session.complete()
+        self.assertIs(self.session.state, SessionState.COMPLETE)
+        self.assertTrue(self.session.final)
+        self.assertEqual(self.session.ended, 3)
+        for d in waiters:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.session.waiting, 0)
+        self.assertIsNone(self.successResultOf(self.session.waitImage("", "y.img")))
+        self.assertIs(self.successResultOf(self.session.waitImage("", "a.img")), image)
+        self.assertEqual(self.session.bytes, image.size)
+
+    def test_failAnswersNoneAndClears(self) -> None:
+        """
+        Failing a session answers every waiter with None, drops its images
+        so that none is ever served, and records why.
+        """
+        self.session.claim("mig")
+        self.session.addVerified(_image("a.img"))
+        d = self.session.waitImage("", "b.img")
+        self.session.fail("broken")
+        self.assertIs(self.session.state, SessionState.FAILED)
+        self.assertEqual(self.session.failure, "broken")
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.session.images, {})
+        self.assertEqual(self.session.bytes, 0)
+        self.assertIsNone(self.successResultOf(self.session.waitImage("", "a.img")))
+
+    def test_failIdempotent(self) -> None:
+        """
+        Failing a failed session changes nothing: the first reason stays
+        and the end time is not moved.
+        """
+        self.session.claim("mig")
+        self.session.fail("first")
+        self.clock.advance(5)
+        self.session.fail("second")
+        self.assertEqual(self.session.failure, "first")
+        self.assertEqual(self.session.ended, 0)
+        self.assertIs(self.session.state, SessionState.FAILED)
+
+    def test_failAfterComplete(self) -> None:
+        """
+        Failing a complete session changes nothing: it stays complete with
+        its images.
+        """
+        self.session.claim("mig")
+        image = _image("a.img")
+        self.session.addVerified(image)
+        self.session.complete()
+        self.session.fail("late")
+        self.assertIs(self.session.state, SessionState.COMPLETE)
+        self.assertIsNone(self.session.failure)
+        self.assertIs(self.successResultOf(self.session.waitImage("", "a.img")), image)
+
+    def test_finalObserversOnce(self) -> None:
+        """
+        Final observers are called once, with the session, when it ends,
+        even if it is failed again afterwards.
+        """
+        calls: list[Session] = []
+        self.session.addFinalObserver(calls.append)
+        self.session.addFinalObserver(calls.append)
+        self.session.claim("mig")
+        self.assertEqual(calls, [])
+        self.session.fail("a")
+        self.session.fail("b")
+        self.assertEqual(calls, [self.session, self.session])
+
+    def test_finalObserverOnComplete(self) -> None:
+        """
+        Completing a session calls its final observers, after its state is
+        final.
+        """
+        states: list[SessionState] = []
+        self.session.addFinalObserver(lambda s: states.append(s.state))
+        self.session.claim("mig")
+        self.session.complete()
+        self.session.fail("late")
+        self.assertEqual(states, [SessionState.COMPLETE])
+
+
+class SessionSlotTests(SynchronousTestCase):
+    """
+    Tests for L{SessionSlot}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.consumed: list[Session] = []
+        self.slot = SessionSlot(self.consumed.append, self.clock.seconds)
+
+    def test_clockPassedOn(self) -> None:
+        """
+        Sessions of the slot read the slot's clock.
+        """
+        self.clock.advance(42)
+        session = self.slot.claim("mig")
+        self.assertEqual(session.started, 42)
+
+    def test_restoreBeforeClaim(self) -> None:
+        """
+        A restore attaching before any proxy claimed gets the very session
+        the next claim fills, so it is woken by its images.
+        """
+        restore = self.slot.attachRestore()
+        self.assertIs(restore.state, SessionState.WAITING)
+        d = restore.waitImage("", "a.img")
+        session = self.slot.claim("mig")
+        self.assertIs(session, restore)
+        self.assertEqual(session.restores, 1)
+        image = _image("a.img")
+        session.addVerified(image)
+        self.assertIs(self.successResultOf(d), image)
+
+    def test_claimWhileReceiving(self) -> None:
+        """
+        A claim while a session is receiving is refused, under any name, and
+        the receiving session is left alone.
+        """
+        session = self.slot.claim("mig")
+        self.assertRaises(SessionError, self.slot.claim, "other")
+        error = self.assertRaises(SessionError, self.slot.claim, "mig")
+        self.assertIn("'mig'", str(error))
+        self.assertIs(self.slot.current, session)
+        self.assertIs(session.state, SessionState.RECEIVING)
+        self.assertEqual(session.name, "mig")
+
+    def test_sameNameWhenComplete(self) -> None:
+        """
+        Claiming a complete, unconsumed session's name again is refused: the
+        same dump must not be overwritten while it can still be restored.
+        """
+        session = self.slot.claim("mig")
+        session.complete()
+        error = self.assertRaises(SessionError, self.slot.claim, "mig")
+        self.assertIn("already complete", str(error))
+        self.assertIs(self.slot.current, session)
+
+    def test_otherNameAfterComplete(self) -> None:
+        """
+        A different name after a session completed gets a fresh session.
+        """
+        first = self.slot.claim("mig")
+        first.addVerified(_image("a.img"))
+        first.complete()
+        second = self.slot.claim("mig2")
+        self.assertIsNot(second, first)
+        self.assertIs(self.slot.current, second)
+        self.assertEqual(second.name, "mig2")
+        self.assertIs(second.state, SessionState.RECEIVING)
+        self.assertEqual(second.images, {})
+        self.assertIs(first.state, SessionState.COMPLETE)
+
+    def test_claimAfterFailure(self) -> None:
+        """
+        After a failed session, even the same name gets a fresh session.
+        """
+        first = self.slot.claim("mig")
+        first.fail("broken")
+        second = self.slot.claim("mig")
+        self.assertIsNot(second, first)
+        self.assertIs(second.state, SessionState.RECEIVING)
+
+    def test_consumedAfterLastRestore(self) -> None:
+        """
+        A complete session is consumed once its last restore detached, not
+        before, and only once; the slot then offers a fresh session.
+        """
+        r1 = self.slot.attachRestore()
+        r2 = self.slot.attachRestore()
+        session = self.slot.claim("mig")
+        session.complete()
+        self.slot.detachRestore(r1)
+        self.assertEqual(self.consumed, [])
+        self.assertIs(self.slot.current, session)
+        self.slot.detachRestore(r2)
+        self.assertEqual(self.consumed, [session])
+        self.assertTrue(session.consumed)
+        self.assertIsNot(self.slot.current, session)
+        self.assertIs(self.slot.current.state, SessionState.WAITING)
+        # A failure afterwards does not consume it again.
+        session.fail("late")
+        self.assertEqual(self.consumed, [session])
+
+    def test_restoreLeavesBeforeFinal(self) -> None:
+        """
+        A restore that detaches while the session is still receiving does
+        not consume it.
+        """
+        restore = self.slot.attachRestore()
+        session = self.slot.claim("mig")
+        self.slot.detachRestore(restore)
+        self.assertEqual(self.consumed, [])
+        self.assertIs(self.slot.current, session)
+
+    def test_failedWithoutRestoreConsumed(self) -> None:
+        """
+        A session that fails with no restore attached is consumed at once.
+        """
+        session = self.slot.claim("mig")
+        session.fail("broken")
+        self.assertEqual(self.consumed, [session])
+
+    def test_failedWithRestoreWaits(self) -> None:
+        """
+        A session that fails while a restore reads it is consumed when that
+        restore detaches, exactly once.
+        """
+        restore = self.slot.attachRestore()
+        session = self.slot.claim("mig")
+        session.fail("broken")
+        self.assertEqual(self.consumed, [])
+        self.slot.detachRestore(restore)
+        self.assertEqual(self.consumed, [session])
+        self.assertIsNot(self.slot.current, session)
+
+    def test_failedThenRestoreAttaches(self) -> None:
+        """
+        A restore attaching after a failed session was consumed still learns
+        of the failure; when it leaves, the session is not consumed twice and
+        the slot offers a fresh session.
+        """
+        session = self.slot.claim("mig")
+        session.fail("broken")
+        restore = self.slot.attachRestore()
+        self.assertIs(restore, session)
+        self.assertIsNone(self.successResultOf(restore.waitImage("", "a.img")))
+        self.slot.detachRestore(restore)
+        self.assertEqual(self.consumed, [session])
+        self.assertIsNot(self.slot.current, session)
+        self.assertIs(self.slot.current.state, SessionState.WAITING)
+
+    def test_currentReplacedAfterConsumption(self) -> None:
+        """
+        After a session is consumed, a restore attaches to a new session and
+        the next claim fills that one, even under the old name.
+        """
+        restore = self.slot.attachRestore()
+        old = self.slot.claim("mig")
+        old.complete()
+        self.slot.detachRestore(restore)
+        restore2: Optional[Session] = self.slot.attachRestore()
+        self.assertIsNot(restore2, old)
+        new = self.slot.claim("mig")
+        self.assertIs(new, restore2)
+        self.assertEqual(new.restores, 1)
+
+    def test_restoreOfOldSessionDetachesLater(self) -> None:
+        """
+        A restore of a complete session that another claim replaced is
+        consumed when it detaches, and the new current session is left in
+        place.
+        """
+        restore = self.slot.attachRestore()
+        old = self.slot.claim("mig")
+        old.complete()
+        new = self.slot.claim("mig2")
+        self.slot.detachRestore(restore)
+        self.assertEqual(self.consumed, [old])
+        self.assertIs(self.slot.current, new)

@@ -1,0 +1,168 @@
+"""
+Tests for L{imgrelay.tap}: the twistd plugins' options and services, and
+L{imgrelay._exit}.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgrelay import _exit
+from imgrelay._cache import CacheService
+from imgrelay._proxy import ProxyService
+from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds both plugins.
+    """
+
+    def test_plugins(self) -> None:
+        """
+        C{imgrelay-proxy} and C{imgrelay-cache} are L{IServiceMaker} plugins
+        whose options are the imgrelay ones.
+        """
+        import twisted.plugins
+
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("imgrelay-proxy", makers)
+        self.assertIn("imgrelay-cache", makers)
+        for name in ("imgrelay-proxy", "imgrelay-cache"):
+            verifyObject(IServiceMaker, makers[name])
+            verifyObject(IPlugin, makers[name])
+        self.assertIs(makers["imgrelay-proxy"].options, ProxyOptions)
+        self.assertIs(makers["imgrelay-cache"].options, CacheOptions)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    The options validate themselves with helpful messages.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, self.dir)
+
+    def test_proxyOptions(self) -> None:
+        """
+        A full proxy command line parses into the expected values, with a
+        session name derived from the host and the directory.
+        """
+        options = ProxyOptions()
+        options.parseOptions(["--images-dir", self.dir, "--connect", "tcp:host=dest:port=7070", "--oneshot"])
+        self.assertEqual(
+            {k: options[k] for k in ("images-dir", "connect", "local", "oneshot")},
+            {"images-dir": self.dir, "connect": "tcp:host=dest:port=7070", "local": None, "oneshot": 1},
+        )
+        self.assertTrue(options["session"].endswith(":" + self.dir))
+
+    def test_cacheOptions(self) -> None:
+        """
+        A full cache command line parses into the expected values.
+        """
+        options = CacheOptions()
+        options.parseOptions(["-D", self.dir, "--listen", "tcp:7070", "--local", "unix:/tmp/x.sock"])
+        self.assertEqual(
+            {k: options[k] for k in ("images-dir", "listen", "local", "oneshot")},
+            {"images-dir": self.dir, "listen": "tcp:7070", "local": "unix:/tmp/x.sock", "oneshot": 0},
+        )
+
+    def assertUsage(self, options: object, args: list[str], expected: str) -> None:
+        error = self.assertRaises(UsageError, options.parseOptions, args)  # type: ignore[attr-defined]
+        self.assertIn(expected, str(error))
+
+    def test_required(self) -> None:
+        """
+        The images directory and the link endpoint are required.
+        """
+        self.assertUsage(ProxyOptions(), ["--connect", "tcp:host=a:port=1"], "--images-dir is required")
+        self.assertUsage(ProxyOptions(), ["-D", self.dir], "--connect is required")
+        self.assertUsage(CacheOptions(), ["-D", self.dir], "--listen is required")
+
+    def test_badValues(self) -> None:
+        """
+        A missing directory and malformed endpoints are refused, naming the
+        option.
+        """
+        self.assertUsage(ProxyOptions(), ["-D", self.dir + "/nope", "--connect", "tcp:host=a:port=1"], "is not a directory")
+        self.assertUsage(ProxyOptions(), ["-D", self.dir, "--connect", "bogus:x"], "--connect: 'bogus:x' is not a valid endpoint")
+        self.assertUsage(CacheOptions(), ["-D", self.dir, "--listen", "tcp:notaport"], "--listen")
+        self.assertUsage(CacheOptions(), ["-D", self.dir, "--listen", "tcp:1", "--local", "nope:"], "--local")
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    The plugins build the public services.
+    """
+
+    def test_proxyService(self) -> None:
+        """
+        The proxy's service holds a L{ProxyService} for the options.
+        """
+        d = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, d)
+        options = ProxyOptions()
+        options.parseOptions(["-D", d, "--connect", "tcp:host=127.0.0.1:port=1", "--session", "s1"])
+        service = makeProxyService(options, MemoryReactorClock())
+        verifyObject(IService, service)
+        (inner,) = list(service)  # type: ignore[call-overload]
+        self.assertIsInstance(inner, ProxyService)
+        self.assertEqual(inner.sessionName, "s1")
+
+    def test_cacheService(self) -> None:
+        """
+        The cache's service holds a L{CacheService}.
+        """
+        d = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, d)
+        options = CacheOptions()
+        options.parseOptions(["-D", d, "--listen", "tcp:0"])
+        service = makeCacheService(options, MemoryReactorClock())
+        (inner,) = list(service)  # type: ignore[call-overload]
+        self.assertIsInstance(inner, CacheService)
+
+
+class ExitTests(SynchronousTestCase):
+    """
+    L{_exit.stopWithStatus} stops the reactor and sets the exit status.
+    """
+
+    def setUp(self) -> None:
+        self.registered: list[object] = []
+        self.patch(_exit, "_status", [])
+        self.patch(_exit.atexit, "register", self.registered.append)
+
+    def test_failureStatus(self) -> None:
+        """
+        A non-zero status is applied at interpreter exit; later calls do not
+        change it.
+        """
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        stopped: list[bool] = []
+        self.patch(reactor, "stop", lambda: stopped.append(True))
+        _exit.stopWithStatus(reactor, 1)
+        _exit.stopWithStatus(reactor, 0)
+        self.assertEqual(stopped, [True])
+        self.assertEqual(self.registered, [_exit._exitWithStatus])
+        self.assertEqual(_exit._status, [1])
+
+    def test_success(self) -> None:
+        """
+        Status 0 only stops the reactor: twistd exits 0 by itself.
+        """
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        stopped: list[bool] = []
+        self.patch(reactor, "stop", lambda: stopped.append(True))
+        _exit.stopWithStatus(reactor, 0)
+        self.assertEqual((stopped, self.registered), ([True], []))
