@@ -159,9 +159,8 @@ class ProxySession:
         """
         An image's content ended: announce its size and checksum.
         """
-        if self._over or self._link is None:
+        if self._over or self._link is None or self._open.pop(image.id, None) is None:
             return
-        del self._open[image.id]
         image.closed = self.clock()
         image.producer = None
         self._unacked[image.id] = image
@@ -188,7 +187,9 @@ class ProxySession:
         self._fail(f"aborted: {reason}")
 
     def _maybeDone(self) -> None:
-        if self._finishing and not self._open and not self._doneSent and self._link is not None:
+        if self._over or self._doneSent or self._link is None:
+            return
+        if self._finishing and not self._open:
             self._doneSent = True
             total = sum(e.size for e in self._manifest)
             self.log.info(
@@ -207,6 +208,7 @@ class ProxySession:
         self.log.info("session {session}: cache accepted the link", session=self.name)
         self.ready.callback(None)
         self.resume()
+        self._maybeDone()
 
     def acked(self, imageId: int) -> None:
         """

@@ -408,6 +408,24 @@ class SessionSlotTests(SynchronousTestCase):
         session.fail("late")
         self.assertEqual(self.consumed, [session])
 
+    def test_completeKeptForRestore(self) -> None:
+        """
+        A complete session that no restore read yet is not consumed: it
+        stays current, and a restore connecting later reads it and consumes
+        it when done.
+        """
+        session = self.slot.claim("mig")
+        image = _image("a.img")
+        session.addVerified(image)
+        session.complete()
+        self.assertEqual(self.consumed, [])
+        self.assertFalse(session.consumed)
+        restore = self.slot.attachRestore()
+        self.assertIs(restore, session)
+        self.assertIs(self.successResultOf(restore.waitImage("", "a.img")), image)
+        self.slot.detachRestore(restore)
+        self.assertEqual(self.consumed, [session])
+
     def test_restoreLeavesBeforeFinal(self) -> None:
         """
         A restore that detaches while the session is still receiving does
