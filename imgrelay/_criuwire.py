@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from imgrelay._framing import DEFAULT_MAX_HEADER, Framer
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader
 from imgrelay._pb import criu_pb2
 
 #: CRIU frames with a u32 in the host's byte order: little-endian on every
@@ -30,14 +30,23 @@ def frame(message: object) -> bytes:
     return _prefix.pack(len(body)) + body
 
 
+def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:
+    request = criu_pb2.StreamRequest.FromString(data)
+    # proto2 strings are not checked by the parser: invalid UTF-8 comes
+    # back as bytes.
+    if not isinstance(request.filename, str):
+        raise MalformedHeader(f"image name {request.filename!r} is not UTF-8")
+    return request
+
+
 def _captureRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, int]:
     # On the dump side every request is followed by its pipe's fd byte.
-    return criu_pb2.StreamRequest.FromString(data), 1
+    return _parseRequest(data), 1
 
 
 def _serveRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, None]:
     # On the restore side the pipe comes only if the reply said it exists.
-    return criu_pb2.StreamRequest.FromString(data), None
+    return _parseRequest(data), None
 
 
 def streamCaptureFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[criu_pb2.StreamRequest]:

@@ -128,7 +128,8 @@ class Framer(Generic[M]):
         self._prefix = struct.Struct(prefix)
         self.maxHeaderSize = maxHeaderSize
         self._state = _State.PREFIX
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # a partial prefix or header
+        self._stash = bytearray()  # what arrived while a decision was pending
         self._headerLength = 0
         self._remaining = 0
 
@@ -137,7 +138,7 @@ class Framer(Generic[M]):
         """
         How many bytes are held waiting for a decision or a complete header.
         """
-        return len(self._buffer)
+        return len(self._buffer) + len(self._stash)
 
     @property
     def awaitingDecision(self) -> bool:
@@ -153,7 +154,7 @@ class Framer(Generic[M]):
         Whether the stream so far ends exactly between two messages: nothing
         partial is buffered and no payload or decision is outstanding.
         """
-        return self._state is _State.PREFIX and not self._buffer
+        return self._state is _State.PREFIX and not self._buffer and not self._stash
 
     def expectPayload(self, length: int) -> None:
         """
@@ -177,6 +178,7 @@ class Framer(Generic[M]):
     def _fail(self, error: FramingError) -> FramingError:
         self._state = _State.FAILED
         self._buffer.clear()
+        self._stash.clear()
         return error
 
     def feed(self, data: bytes) -> Iterator[Event[M]]:
@@ -194,13 +196,16 @@ class Framer(Generic[M]):
         """
         if self._state is _State.FAILED:
             raise FramingError("feed after a framing error")
-        if self._state is _State.PAYLOAD and self._buffer:
-            # Bytes stashed while a decision was pending.
-            stashed = bytes(self._buffer)
-            self._buffer.clear()
+        if self._state is _State.DECIDE:
+            self._stash += data
+            return
+        if self._stash:
+            # Bytes that arrived while a decision was pending come first.
+            stashed = bytes(self._stash)
+            self._stash.clear()
             yield from self._feed(stashed)
             if self._state is _State.DECIDE:
-                self._buffer += data
+                self._stash += data
                 return
         yield from self._feed(data)
 
@@ -224,7 +229,7 @@ class Framer(Generic[M]):
                 if not self._remaining:
                     yield PayloadDone()
             elif state is _State.DECIDE:
-                buf += view[pos:]
+                self._stash += view[pos:]
                 return
             else:
                 need = prefixSize if state is _State.PREFIX else self._headerLength

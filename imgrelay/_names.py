@@ -42,7 +42,7 @@ def checkImageName(name: str, maxLength: int = MAX_NAME) -> str:
     if "\0" in name:
         raise BadName(f"image name {name!r} holds a NUL")
     if len(name.encode("utf-8", "surrogatepass")) > maxLength:
-        raise BadName(f"image name of {len(name)} characters is over {maxLength} bytes")
+        raise BadName(f"image name {name[:40]!r}... is over {maxLength} bytes")
     return name
 
 
@@ -59,5 +59,5 @@ def checkId(kind: str, value: str, maxLength: int = MAX_ID) -> str:
     if "\0" in value:
         raise BadName(f"{kind} {value!r} holds a NUL")
     if len(value.encode("utf-8", "surrogatepass")) > maxLength:
-        raise BadName(f"{kind} of {len(value)} characters is over {maxLength} bytes")
+        raise BadName(f"{kind} {value[:40]!r}... is over {maxLength} bytes")
     return value

@@ -284,6 +284,11 @@ class SessionSlot:
         if current.state is SessionState.COMPLETE and current.name == name:
             raise SessionError(f"session {name!r} is already complete")
         if current.state is not SessionState.WAITING:
+            if current.state is SessionState.COMPLETE and not current.restores:
+                self.log.warn(
+                    "session {old} was never restored; dropped for session {new}",
+                    old=current.name, new=name,
+                )
             current = self.current = self._fresh()
         current.claim(name)
         return current
