@@ -89,7 +89,7 @@ class ProxyService(MultiService):
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
         )
-        d = self._connect.connect(ProxyLinkFactory(session))
+        d = self._connect.connect(ProxyLinkFactory(session, self._reactor))
         d.addErrback(
             lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
         )

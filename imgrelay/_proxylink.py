@@ -6,7 +6,9 @@ to the cache, and reports the cache's answers back to the session.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,9 +25,7 @@ from imgrelay._linkwire import (
 )
 from imgrelay._pb import link_pb2
 from imgrelay._proxysession import ILinkSender, ProxySession
-
-#: How much the link transport may hold before it pauses the pipes.
-SEND_BUFFER = 4 << 20
+from imgrelay._senders import ISender, SocketSender, TransportSender
 
 
 @implementer(ILinkSender, IPushProducer)
@@ -36,24 +36,40 @@ class ProxyLinkProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, session: ProxySession) -> None:
+    def __init__(self, session: ProxySession, reactor: Any = None) -> None:
+        """
+        @param session: The session this link carries.
+        @param reactor: Where a plain TCP link's socket is written; the
+            global reactor by default.
+        """
         self.session = session
+        self._reactor = reactor
         self._framer = cacheMessageFramer()
         self._closed = False
+        self._sender: ISender
 
     def connectionMade(self) -> None:
         """
-        Say hello, and let the transport pause the session's pipes when its
-        buffer fills.
+        Choose how to send (straight from the pipes' buffers on a plain TCP
+        socket), say hello, and pause the session's pipes whenever the link
+        holds enough unsent data.
         """
-        if ITCPTransport.providedBy(self.transport):
-            self.transport.bufferSize = SEND_BUFFER  # type: ignore[attr-defined]
-        self.transport.registerProducer(self, True)
+        transport = self.transport
+        assert transport is not None
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
+        self._sender = sender if sender is not None else TransportSender(transport, self)
         self._send(ProxyMessage(hello=link_pb2.Hello(version=VERSION, session=self.session.name)))
+
+    def _sendFailed(self, error: Exception) -> None:
+        self.session.failed(f"sending to the cache failed: {error}")
+        self._abort()
 
     def _send(self, message: ProxyMessage) -> None:
         if not self._closed:
-            self.transport.write(frame(message))
+            self._sender.send([frame(message)])
 
     # ILinkSender
 
@@ -67,11 +83,15 @@ class ProxyLinkProtocol(Protocol):
         """
         See L{ILinkSender.sendChunk}.
         """
-        if self._closed:
+        if self._closed or not data:
             return
-        for start in range(0, len(data), MAX_CHUNK):
-            piece = data[start : start + MAX_CHUNK]
-            self.transport.writeSequence([chunkHeader(image, len(piece)), piece])
+        if len(data) <= MAX_CHUNK:
+            self._sender.send([chunkHeader(image, len(data)), data])
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_CHUNK):
+            piece = view[start : start + MAX_CHUNK]
+            self._sender.send([chunkHeader(image, len(piece)), piece])
 
     def sendClose(self, image: int, size: int, crc: int) -> None:
         """
@@ -95,7 +115,14 @@ class ProxyLinkProtocol(Protocol):
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.transport.loseConnection()
+            transport = self.transport
+            assert transport is not None
+            self._sender.close(transport.loseConnection)
+
+    def _abort(self) -> None:
+        self._closed = True
+        self._sender.abort()
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     # What the cache says.
 
@@ -135,6 +162,7 @@ class ProxyLinkProtocol(Protocol):
         A session not yet confirmed fails.
         """
         self._closed = True
+        self._sender.abort()
         if not self.session.over:
             self.session.failed(f"link to the cache lost: {reason.getErrorMessage()}")
 
@@ -163,15 +191,16 @@ class ProxyLinkFactory(ClientFactory):
     Build the link protocol for one session.
     """
 
-    def __init__(self, session: ProxySession) -> None:
-        self.session = session
-
     noisy = False
+
+    def __init__(self, session: ProxySession, reactor: Any = None) -> None:
+        self.session = session
+        self.reactor = reactor
 
     def buildProtocol(self, addr: object) -> ProxyLinkProtocol:
         """
         @return: The protocol for the session's link.
         """
-        p = ProxyLinkProtocol(self.session)
+        p = ProxyLinkProtocol(self.session, self.reactor)
         p.factory = self
         return p

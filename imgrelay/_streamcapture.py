@@ -53,7 +53,13 @@ class StreamCaptureProtocol(Protocol):
         Start the session; hold CRIU's requests until the cache accepted it.
         """
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        sink = self.sink = self._newSession()
+        try:
+            sink = self.sink = self._newSession()
+        except Exception:
+            self.log.failure("dump connection: cannot start a session")
+            self._failed = True
+            self.transport.loseConnection()
+            return
         sink.ready.addCallbacks(lambda _: self.transport.resumeProducing(), lambda _: None)
         sink.result.addErrback(self._sessionFailed)
 
