@@ -41,7 +41,7 @@ class CacheService(MultiService):
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
-        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds), reactor=reactor)
+        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds, reactor), reactor=reactor)
         self._link.setServiceParent(self)
         strports.service(local, StreamServeFactory(self.slot, reactor), reactor=reactor).setServiceParent(self)
 

@@ -7,13 +7,15 @@ messages into verified images and answers, and the thin protocol around it.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import attrs
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
@@ -21,6 +23,7 @@ from imgrelay._integrity import RunningChecksum, manifestDigest
 from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
+from imgrelay._receiver import IPayloadReceiver, SocketReceiver
 from imgrelay._store import Image, ImageData, Session, SessionSlot
 
 #: How much the cache reads from the link at once.
@@ -60,6 +63,7 @@ class CacheLinkState:
         self._open: dict[int, _Incoming] = {}
         self._seen: set[int] = set()
         self._chunkTarget: Optional[_Incoming] = None
+        self._pendingView: Optional[memoryview] = None
         self._finished = False
 
     @property
@@ -104,6 +108,29 @@ class CacheLinkState:
         if handler is None:
             raise ProtocolError(f"unexpected {kind} during a session")
         return handler(getattr(message, kind or ""))
+
+    def chunkTarget(self, wanted: int) -> memoryview:
+        """
+        Where the next bytes of the current chunk's payload go: free space
+        at the end of its image, to receive into and then L{chunkFilled}.
+
+        @param wanted: How many payload bytes are still to come.
+        """
+        target = self._chunkTarget
+        assert target is not None
+        self._pendingView = target.data.writable(wanted)
+        return self._pendingView
+
+    def chunkFilled(self, n: int) -> None:
+        """
+        C{n} bytes were received at the start of the last L{chunkTarget}.
+        """
+        target = self._chunkTarget
+        view = self._pendingView
+        assert target is not None and view is not None
+        self._pendingView = None
+        target.checksum.update(view[:n])
+        target.data.commit(n)
 
     def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
         if hello.version != VERSION:
@@ -150,6 +177,9 @@ class CacheLinkState:
         assert self.session is not None
         incoming = self._image(message.image)
         del self._open[message.image]
+        if self._chunkTarget is incoming:
+            self._chunkTarget = None
+        incoming.data.close()
         got = incoming.checksum
         problem = None
         if got.size != message.size:
@@ -237,6 +267,7 @@ class CacheLinkState:
             session.fail(why)
 
 
+@implementer(IPayloadReceiver)
 class CacheLinkProtocol(Protocol):
     """
     One link from a proxy.
@@ -244,17 +275,61 @@ class CacheLinkProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None
+    ) -> None:
+        """
+        @param slot: Where sessions are claimed.
+        @param clock: The time, for rates.
+        @param reactor: Where a plain TCP link's socket is read; the global
+            reactor by default.
+        """
         self._framer = proxyMessageFramer()
         self.state = CacheLinkState(slot, clock)
         self._closing = False
+        self._reactor = reactor
+        self._receiver: Optional[SocketReceiver] = None
 
     def connectionMade(self) -> None:
         """
-        Read the link in large pieces.
+        On a plain TCP link, receive payloads straight into the images'
+        memory; on any other transport, read in large pieces.
         """
-        if ITCPTransport.providedBy(self.transport):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        assert self.transport is not None
+        self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
+        if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+
+    def payloadTarget(self) -> Optional[memoryview]:
+        """
+        See L{IPayloadReceiver.payloadTarget}: inside a chunk, the free end
+        of its image.
+        """
+        if self._closing:
+            return None
+        remaining = self._framer.payloadRemaining
+        return self.state.chunkTarget(remaining) if remaining else None
+
+    def payloadReceived(self, n: int) -> None:
+        """
+        See L{IPayloadReceiver.payloadReceived}.
+        """
+        self.state.chunkFilled(n)
+        self._framer.skipPayload(n)
+
+    def receiverLost(self, reason: Failure) -> None:
+        """
+        See L{IPayloadReceiver.receiverLost}: the proxy closed the link, or
+        it broke; close our side too.
+        """
+        assert self.transport is not None
+        if reason.check(ConnectionDone):
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -285,6 +360,8 @@ class CacheLinkProtocol(Protocol):
         """
         A session still receiving fails.
         """
+        if self._receiver is not None:
+            self._receiver.close()
         self.state.lost(reason.getErrorMessage())
 
 
@@ -293,9 +370,12 @@ class CacheLinkFactory(Factory):
     Accept links from proxies into a L{SessionSlot}.
     """
 
-    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None
+    ) -> None:
         self.slot = slot
         self.clock = clock
+        self.reactor = reactor
 
     noisy = False
 
@@ -303,6 +383,6 @@ class CacheLinkFactory(Factory):
         """
         @return: A protocol for one link.
         """
-        p = CacheLinkProtocol(self.slot, self.clock)
+        p = CacheLinkProtocol(self.slot, self.clock, self.reactor)
         p.factory = self
         return p

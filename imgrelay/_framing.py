@@ -156,6 +156,34 @@ class Framer(Generic[M]):
         """
         return self._state is _State.PREFIX and not self._buffer and not self._stash
 
+    @property
+    def payloadRemaining(self) -> int:
+        """
+        How many bytes of the current payload are still to come: the
+        consumer may receive them itself and report them with
+        L{skipPayload} instead of feeding them. 0 outside a payload, or
+        while bytes fed earlier are held and must be fed first.
+        """
+        if self._state is _State.PAYLOAD and not self._stash:
+            return self._remaining
+        return 0
+
+    def skipPayload(self, n: int) -> bool:
+        """
+        The consumer received C{n} bytes of the current payload itself.
+
+        @param n: At most L{payloadRemaining}.
+        @return: Whether the payload is now complete (no L{PayloadDone} is
+            produced for it).
+        """
+        if not 0 < n <= self.payloadRemaining:
+            raise ValueError(f"cannot skip {n} of {self.payloadRemaining} payload bytes")
+        self._remaining -= n
+        if self._remaining:
+            return False
+        self._state = _State.PREFIX
+        return True
+
     def expectPayload(self, length: int) -> None:
         """
         Say how long the payload of the last header is, for a header whose

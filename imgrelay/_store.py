@@ -19,53 +19,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from imgrelay._errors import SessionError
+from imgrelay._imagedata import ImageData
 from imgrelay._integrity import ManifestEntry
 from imgrelay._interfaces import IImageSource
-
-#: Pieces smaller than this are copied together into blocks of this size,
-#: so that a large image is a few large objects, not many small ones.
-BLOCK = 1 << 20
-
-
-class ImageData:
-    """
-    An image's bytes as a list of large pieces.
-
-    Large pieces are kept as they arrived (no copy); small ones are gathered
-    into blocks of L{BLOCK} bytes.
-    """
-
-    __slots__ = ("pieces", "size", "_tail")
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes | memoryview | bytearray] = []
-        self.size = 0
-        self._tail: Optional[bytearray] = None
-
-    def append(self, data: bytes | memoryview) -> None:
-        """
-        Add the image's next bytes.
-
-        @param data: The bytes; a view is kept, not copied, when it is large.
-        """
-        n = len(data)
-        self.size += n
-        if n >= BLOCK // 2:
-            self._tail = None
-            self.pieces.append(data)
-            return
-        tail = self._tail
-        if tail is None or len(tail) + n > BLOCK:
-            tail = self._tail = bytearray()
-            self.pieces.append(tail)
-        tail += data
-
-    def tobytes(self) -> bytes:
-        """
-        @return: The whole content as one C{bytes} (for tests and tools).
-        """
-        return b"".join(self.pieces)
-
 
 @attrs.define
 class Image:

@@ -1,5 +1,5 @@
 """
-Tests for L{imgrelay._store}: image bytes, sessions and their waiters, and
+Tests for L{imgrelay._store}: images, sessions and their waiters, and
 the slot that hands sessions to proxies and restores.
 """
 
@@ -14,14 +14,8 @@ from zope.interface.verify import verifyObject
 from imgrelay._errors import SessionError
 from imgrelay._integrity import ManifestEntry
 from imgrelay._interfaces import IImageSource
-from imgrelay._store import (
-    BLOCK,
-    Image,
-    ImageData,
-    Session,
-    SessionSlot,
-    SessionState,
-)
+from imgrelay._imagedata import ImageData
+from imgrelay._store import Image, Session, SessionSlot, SessionState
 
 
 def _image(name: str, content: bytes = b"content", snapshotId: str = "") -> Image:
@@ -31,82 +25,6 @@ def _image(name: str, content: bytes = b"content", snapshotId: str = "") -> Imag
     data = ImageData()
     data.append(content)
     return Image(snapshotId, name, data, 1234)
-
-
-class ImageDataTests(SynchronousTestCase):
-    """
-    Tests for L{ImageData}.
-    """
-
-    def test_empty(self) -> None:
-        """
-        A new L{ImageData} is empty.
-        """
-        data = ImageData()
-        self.assertEqual(data.size, 0)
-        self.assertEqual(data.tobytes(), b"")
-        self.assertEqual(data.pieces, [])
-
-    def test_smallPiecesGathered(self) -> None:
-        """
-        Small pieces are copied together into blocks of at most L{BLOCK}
-        bytes, so many small writes make few pieces, in order.
-        """
-        data = ImageData()
-        pieces = [bytes([i % 251]) * 1000 for i in range(3000)]
-        for piece in pieces:
-            data.append(piece)
-        expected = b"".join(pieces)
-        self.assertEqual(data.size, len(expected))
-        self.assertEqual(data.tobytes(), expected)
-        # 3,000,000 bytes: each block takes whole pieces up to 1 MiB.
-        perBlock = (BLOCK // 1000) * 1000
-        self.assertEqual(
-            [len(p) for p in data.pieces],
-            [perBlock, perBlock, len(expected) - 2 * perBlock],
-        )
-
-    def test_smallPiecesDoNotAlias(self) -> None:
-        """
-        A small piece is copied: changing the buffer it came from later
-        does not change the image.
-        """
-        data = ImageData()
-        source = bytearray(b"abc")
-        data.append(memoryview(source))
-        source[0:3] = b"xyz"
-        self.assertEqual(data.tobytes(), b"abc")
-
-    def test_largePieceKeptWithoutCopy(self) -> None:
-        """
-        A piece of at least half a block is kept as the very object given,
-        not copied.
-        """
-        data = ImageData()
-        large = b"L" * (BLOCK // 2)
-        view = memoryview(b"V" * BLOCK)
-        data.append(large)
-        data.append(view)
-        self.assertEqual(len(data.pieces), 2)
-        self.assertIs(data.pieces[0], large)
-        self.assertIs(data.pieces[1], view)
-        self.assertEqual(data.size, BLOCK // 2 + BLOCK)
-
-    def test_mixedPiecesKeepOrder(self) -> None:
-        """
-        Small pieces after a large one start a new block instead of being
-        appended to an earlier one: the content stays in order.
-        """
-        data = ImageData()
-        large = b"L" * BLOCK
-        data.append(b"a")
-        data.append(large)
-        data.append(b"b")
-        data.append(b"c")
-        self.assertEqual(data.tobytes(), b"a" + large + b"bc")
-        self.assertEqual(data.size, BLOCK + 3)
-        self.assertEqual(len(data.pieces), 3)
-        self.assertEqual(bytes(data.pieces[2]), b"bc")
 
 
 class ImageTests(SynchronousTestCase):

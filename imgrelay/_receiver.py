@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_receiver -*-
+"""
+How the cache reads its link: inside a chunk's payload, straight into the
+image's memory with C{recv_into}; between payloads, headers in small reads
+fed to the framer.
+
+Twisted's transport reads into a new string every time, which the image
+store then had to copy again. L{SocketReceiver} reads a duplicate of the
+connection's socket instead, while the transport (no longer reading) still
+writes the cache's answers and closes the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Optional
+
+from twisted.internet import abstract, error, main, tcp
+from twisted.internet.interfaces import IReactorFDSet, ITransport
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+#: The read size between payloads: headers, and small payloads with them.
+HEADER_READ = 64 << 10
+
+
+class IPayloadReceiver(Interface):
+    """
+    What a L{SocketReceiver} reads for.
+    """
+
+    def payloadTarget() -> Optional[memoryview]:
+        """
+        Where the next bytes go if they are payload, or None to have them
+        handed to C{dataReceived}.
+        """
+
+    def payloadReceived(n: int) -> None:
+        """
+        C{n} bytes were received at the start of the last target.
+        """
+
+    def dataReceived(data: bytes) -> None:
+        """
+        Bytes that are not (known to be) payload.
+        """
+
+    def receiverLost(reason: Failure) -> None:
+        """
+        The socket reached its end or failed; nothing more will be read.
+        """
+
+
+class SocketReceiver(abstract.FileDescriptor):
+    """
+    See the module docstring.
+    """
+
+    def __init__(self, sock: socket.socket, reactor: IReactorFDSet, receiver: IPayloadReceiver) -> None:
+        """
+        @param sock: A non-blocking duplicate of the connection's socket;
+            closed when done.
+        @param reactor: Where to wait for data.
+        @param receiver: Where it goes.
+        """
+        abstract.FileDescriptor.__init__(self, reactor)
+        self._sock = sock
+        self._receiver = receiver
+        self.connected = 1
+
+    @classmethod
+    def forTransport(
+        cls, transport: ITransport, reactor: IReactorFDSet, receiver: IPayloadReceiver
+    ) -> Optional[SocketReceiver]:
+        """
+        Take over reading C{transport} if it is a plain TCP connection.
+
+        @return: The started receiver, or None for any other transport.
+        """
+        if type(transport) is not tcp.Server and type(transport) is not tcp.Client:
+            return None
+        sock = socket.socket(fileno=os.dup(transport.getHandle().fileno()))
+        sock.setblocking(False)
+        transport.stopReading()
+        self = cls(sock, reactor, receiver)
+        self.startReading()
+        return self
+
+    def fileno(self) -> int:
+        """
+        @return: The duplicate's descriptor, -1 once closed.
+        """
+        return self._sock.fileno()
+
+    def doRead(self) -> Optional[BaseException]:
+        """
+        Read into the payload's place, or read headers.
+        """
+        target = self._receiver.payloadTarget()
+        try:
+            if target is not None:
+                n = self._sock.recv_into(target)
+                if n:
+                    self._receiver.payloadReceived(n)
+                    return None
+            else:
+                data = self._sock.recv(HEADER_READ)
+                if data:
+                    self._receiver.dataReceived(data)
+                    return None
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return error.ConnectionLost(str(e))
+        return main.CONNECTION_DONE
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Close the duplicate and tell the receiver.
+        """
+        abstract.FileDescriptor.connectionLost(self, reason)
+        if self._sock.fileno() >= 0:
+            self._sock.close()
+            self._receiver.receiverLost(reason)
+
+    def close(self) -> None:
+        """
+        Stop reading and close the duplicate, telling nobody.
+        """
+        self.stopReading()
+        self.connected = 0
+        self.disconnected = 1
+        self._sock.close()
