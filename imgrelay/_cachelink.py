@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import attrs
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -290,6 +290,10 @@ class CacheLinkProtocol(Protocol):
         self._reactor = reactor
         self._receiver: Optional[SocketReceiver] = None
 
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
     def connectionMade(self) -> None:
         """
         On a plain TCP link, receive payloads straight into the images'
@@ -327,7 +331,7 @@ class CacheLinkProtocol(Protocol):
         """
         assert self.transport is not None
         if reason.check(ConnectionDone):
-            self.transport.loseConnection()
+            self._transport().loseConnection()
         else:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -340,11 +344,11 @@ class CacheLinkProtocol(Protocol):
         try:
             for event in self._framer.feed(data):
                 for reply in self.state.received(event):
-                    self.transport.write(frame(reply))
+                    self._transport().write(frame(reply))
                 if self.state.refused:
                     # An image was refused: the session is over.
                     self._closing = True
-                    self.transport.loseConnection()
+                    self._transport().loseConnection()
                     return
         except (FramingError, ProtocolError, SessionError, BadName) as e:
             self._fail(str(e))
@@ -353,8 +357,8 @@ class CacheLinkProtocol(Protocol):
         self._closing = True
         message = self.state.failed(reason)
         if message is not None:
-            self.transport.write(frame(message))
-        self.transport.loseConnection()
+            self._transport().write(frame(message))
+        self._transport().loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         """

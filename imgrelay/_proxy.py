@@ -63,10 +63,10 @@ class ProxyService(MultiService):
         self._reactor = reactor
         if isinstance(connect, str):
             self.connectDescription = connect
-            connect = clientFromString(reactor, connect)
+            self._connect: IStreamClientEndpoint = clientFromString(reactor, connect)
         else:
             self.connectDescription = repr(connect)
-        self._connect = connect
+            self._connect = connect
         self.sessionName = sessionName
         self._observers: list[SessionObserver] = []
         self.sessions: set[ProxySession] = set()

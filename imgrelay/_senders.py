@@ -166,7 +166,10 @@ class SocketSender(abstract.FileDescriptor):
 
     @property
     def writing(self) -> bool:
-        return self in self.reactor.getWriters()  # type: ignore[attr-defined]
+        """
+        Whether the reactor is watching for the socket to take more.
+        """
+        return self in self.reactor.getWriters()
 
     def doWrite(self) -> Optional[BaseException]:
         """
@@ -241,4 +244,4 @@ class SocketSender(abstract.FileDescriptor):
         The reactor dropped the descriptor (it reported an error).
         """
         if self._fd >= 0:
-            self._error(reason.value if isinstance(reason.value, Exception) else main.CONNECTION_LOST.value)
+            self._error(reason.value if isinstance(reason.value, Exception) else main.CONNECTION_LOST)

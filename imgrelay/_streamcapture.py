@@ -12,7 +12,7 @@ import os
 from collections import deque
 from typing import Callable, Optional
 
-from twisted.internet.interfaces import IFileDescriptorReceiver, IReactorFDSet
+from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,16 +52,23 @@ class StreamCaptureProtocol(Protocol):
         """
         Start the session; hold CRIU's requests until the cache accepted it.
         """
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._producer().pauseProducing()
         try:
             sink = self.sink = self._newSession()
         except Exception:
             self.log.failure("dump connection: cannot start a session")
             self._failed = True
-            self.transport.loseConnection()
+            self._transport().loseConnection()
             return
-        sink.ready.addCallbacks(lambda _: self.transport.resumeProducing(), lambda _: None)
+        sink.ready.addCallbacks(lambda _: self._producer().resumeProducing(), lambda _: None)
         sink.result.addErrback(self._sessionFailed)
+
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def _producer(self) -> IPushProducer:
+        return IPushProducer(self._transport())
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
@@ -108,7 +115,7 @@ class StreamCaptureProtocol(Protocol):
     def _pipeEnded(self, image: IOutgoingImage, reader: PipeReader, error: Optional[Exception]) -> None:
         self._readers.discard(reader)
         if error is not None:
-            self._error(f"reading the pipe of {image.name!r} failed: {error}")  # type: ignore[attr-defined]
+            self._error(f"reading the pipe of {image.name!r} failed: {error}")
         else:
             image.close()
 
@@ -129,7 +136,7 @@ class StreamCaptureProtocol(Protocol):
             reader.abort()
         self._readers.clear()
         self._closeFds()
-        self.transport.loseConnection()
+        self._transport().loseConnection()
 
     def _closeFds(self) -> None:
         while self._fds:

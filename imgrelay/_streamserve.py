@@ -12,7 +12,7 @@ import os
 from collections import deque
 from typing import Optional
 
-from twisted.internet.interfaces import IFileDescriptorReceiver, IReactorFDSet
+from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,6 +60,13 @@ class StreamServeProtocol(Protocol):
             session=self.session.name, state=self.session.state.value,
         )
 
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def _producer(self) -> IPushProducer:
+        return IPushProducer(self._transport())
+
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
         A pipe arrived, for the image just answered.
@@ -82,7 +89,7 @@ class StreamServeProtocol(Protocol):
                     self._startWriting()
         except (FramingError, BadName) as e:
             self.log.error("restore connection: {reason}", reason=str(e))
-            self.transport.loseConnection()
+            self._transport().loseConnection()
         finally:
             self._parsing = False
 
@@ -90,7 +97,7 @@ class StreamServeProtocol(Protocol):
         checkImageName(name)
         assert self.session is not None
         # Nothing more is read until this request is answered.
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._producer().pauseProducing()
         self.session.waitImage("", name).addCallback(self._answer, name)
 
     def _answer(self, image: Optional[Image], name: str) -> None:
@@ -103,10 +110,10 @@ class StreamServeProtocol(Protocol):
                 "restore asked for {name}: answered 'does not exist' because session {session} failed: {reason}",
                 name=name, session=session.name, reason=session.failure,
             )
-        self.transport.write(streamReply(image is not None))
+        self._transport().write(streamReply(image is not None))
         self._serving = image
         self._framer.expectPayload(0 if image is None else 1)
-        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._producer().resumeProducing()
         if not self._parsing:
             # Answered later: parse what arrived meanwhile.
             self.dataReceived(b"")

@@ -16,7 +16,7 @@ import selectors
 import socket
 import struct
 from importlib import resources
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from imgrelay._pb.criu_pb2 import StreamReply, StreamRequest
 
@@ -62,7 +62,7 @@ def readAll(fd: int) -> bytes:
     """
     Read a blocking descriptor to its end.
     """
-    pieces = []
+    pieces: list[bytes] = []
     while True:
         data = os.read(fd, BLOCK)
         if not data:
@@ -220,13 +220,14 @@ def traceDir() -> str:
     return str(resources.files("imgrelay.testing") / "traces")
 
 
-def loadTrace(name: str) -> dict:  # type: ignore[type-arg]
+def loadTrace(name: str) -> dict[str, Any]:
     """
     @param name: C{"dump-stream.json"} or C{"restore-stream.json"}.
     @return: The parsed trace.
     """
     with open(os.path.join(traceDir(), name)) as f:
-        return json.load(f)  # type: ignore[no-any-return]
+        trace: dict[str, Any] = json.load(f)
+        return trace
 
 
 def patternBytes(name: str, size: int) -> bytes:
@@ -261,7 +262,7 @@ def traceImages() -> dict[str, bytes]:
     return images
 
 
-def replayDump(path: str, images: dict[str, bytes], events: Optional[list[dict]] = None) -> None:  # type: ignore[type-arg]
+def replayDump(path: str, images: dict[str, bytes], events: Optional[list[dict[str, Any]]] = None) -> None:
     """
     Replay the recorded dump event by event: open a pipe at each C{open},
     write half the content then, the rest at its C{close}; close the socket
