@@ -103,6 +103,7 @@ class CacheLinkState:
             "close": self._onClose,  # type: ignore[dict-item]
             "done": self._onDone,  # type: ignore[dict-item]
             "abort": self._onAbort,  # type: ignore[dict-item]
+            "snapshot": self._onSnapshot,  # type: ignore[dict-item]
         }
         handler = handlers.get(kind or "")
         if handler is None:
@@ -159,14 +160,30 @@ class CacheLinkState:
         checkImageName(message.name)
         checkId("snapshot id", message.snapshot_id)
         key = (message.snapshot_id, message.name)
-        if self.session.has(*key) or any(
-            (i.snapshotId, i.name) == key for i in self._open.values()
-        ):
+        if any((i.snapshotId, i.name) == key for i in self._open.values()):
+            raise SessionError(
+                f"image {message.name!r} of snapshot {message.snapshot_id!r} is already being written"
+            )
+        earlier = self.session.images.get(key)
+        if message.mode == link_pb2.CREATE and earlier is not None:
             raise SessionError(
                 f"image {message.name!r} written twice in snapshot {message.snapshot_id!r}"
             )
+        if message.mode not in (link_pb2.CREATE, link_pb2.REPLACE, link_pb2.APPEND):
+            raise ProtocolError(f"unknown open mode {message.mode}")
+        incoming = _Incoming(message.snapshot_id, message.name, self._clock())
+        if message.mode == link_pb2.APPEND and earlier is not None:
+            incoming.data = ImageData.continuing(earlier.data)
+            incoming.checksum = RunningChecksum(earlier.size, earlier.crc)
         self._seen.add(message.image)
-        self._open[message.image] = _Incoming(message.snapshot_id, message.name, self._clock())
+        self._open[message.image] = incoming
+        self.session.arriving(*key)
+        return []
+
+    def _onSnapshot(self, message: link_pb2.SnapshotPush) -> list[CacheMessage]:
+        assert self.session is not None
+        checkId("snapshot id", message.snapshot_id)
+        self.session.pushSnapshot(message.snapshot_id)
         return []
 
     def _onChunk(self, message: link_pb2.Chunk) -> list[CacheMessage]:

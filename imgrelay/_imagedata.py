@@ -44,13 +44,27 @@ class ImageData:
     @ivar size: Bytes held.
     """
 
-    __slots__ = ("size", "_blocks", "_fill", "_closed")
+    __slots__ = ("size", "_blocks", "_fill", "_closed", "_frozen")
 
     def __init__(self) -> None:
         self.size = 0
         self._blocks: list[Block] = []
         self._fill = 0  # bytes used in the last block
         self._closed = False
+        self._frozen: list[memoryview] = []  # an earlier version's content
+
+    @classmethod
+    def continuing(cls, earlier: ImageData) -> ImageData:
+        """
+        New content that starts with C{earlier}'s bytes (shared, not
+        copied), for an append.
+
+        @param earlier: A closed image's data.
+        """
+        data = cls()
+        data._frozen = earlier.pieces
+        data.size = earlier.size
+        return data
 
     def writable(self, wanted: int) -> memoryview:
         """
@@ -118,7 +132,7 @@ class ImageData:
         views = [memoryview(b) for b in self._blocks]
         if views:
             views[-1] = views[-1][: self._fill]
-        return views
+        return self._frozen + views
 
     def tobytes(self) -> bytes:
         """

@@ -31,9 +31,13 @@ class RunningChecksum:
 
     __slots__ = ("size", "crc")
 
-    def __init__(self) -> None:
-        self.size = 0
-        self.crc = 0
+    def __init__(self, size: int = 0, crc: int = 0) -> None:
+        """
+        @param size: Bytes already counted (an append continues an image).
+        @param crc: Their CRC-32C.
+        """
+        self.size = size
+        self.crc = crc
 
     def update(self, data: bytes | memoryview) -> None:
         """

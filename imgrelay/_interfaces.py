@@ -28,12 +28,18 @@ class IImageSink(Interface):
 
     paused = Attribute("Whether image producers are to be held now.")
 
-    def openImage(snapshotId: str, name: str) -> "IOutgoingImage":
+    def openImage(snapshotId: str, name: str, mode: int = 0) -> "IOutgoingImage":
         """
-        Begin an image.
+        Begin an image; C{mode} (optional, CREATE by default) is one of
+        L{imgrelay._linkwire}'s CREATE, REPLACE or APPEND.
 
         @raise imgrelay._names.BadName: For a name that is not acceptable.
         @raise imgrelay._errors.SessionError: If the session cannot take it.
+        """
+
+    def pushSnapshot(snapshotId: str) -> None:
+        """
+        Add a snapshot id to the session's snapshot list.
         """
 
     def finish() -> None:

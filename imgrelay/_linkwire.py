@@ -18,6 +18,11 @@ VERSION = 1
 #: The link's length prefix: network byte order.
 PREFIX = "!I"
 
+#: How an image is opened (see C{OpenMode} in C{link.proto}).
+CREATE = link_pb2.CREATE
+REPLACE = link_pb2.REPLACE
+APPEND = link_pb2.APPEND
+
 #: The largest chunk a proxy sends and a cache accepts.
 MAX_CHUNK = 16 << 20
 

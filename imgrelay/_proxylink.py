@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from imgrelay._framing import FramingError, HeaderReceived
 from imgrelay._linkwire import (
+    CREATE,
     MAX_CHUNK,
     VERSION,
     ProxyMessage,
@@ -73,11 +74,19 @@ class ProxyLinkProtocol(Protocol):
 
     # ILinkSender
 
-    def sendOpen(self, image: int, snapshotId: str, name: str) -> None:
+    def sendOpen(self, image: int, snapshotId: str, name: str, mode: int = CREATE) -> None:
         """
         See L{ILinkSender.sendOpen}.
         """
-        self._send(ProxyMessage(open=link_pb2.ImageOpen(image=image, name=name, snapshot_id=snapshotId)))
+        self._send(
+            ProxyMessage(open=link_pb2.ImageOpen(image=image, name=name, snapshot_id=snapshotId, mode=mode))  # type: ignore[arg-type]
+        )
+
+    def sendSnapshot(self, snapshotId: str) -> None:
+        """
+        See L{ILinkSender.sendSnapshot}.
+        """
+        self._send(ProxyMessage(snapshot=link_pb2.SnapshotPush(snapshot_id=snapshotId)))
 
     def sendChunk(self, image: int, data: bytes) -> None:
         """

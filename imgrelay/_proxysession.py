@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -21,7 +21,10 @@ from zope.interface import Interface, implementer
 from imgrelay._errors import SessionError
 from imgrelay._integrity import ManifestEntry, RunningChecksum, manifestDigest
 from imgrelay._interfaces import IImageSink, IOutgoingImage
+from imgrelay._imagedata import ImageData
+from imgrelay._linkwire import APPEND, CREATE
 from imgrelay._names import checkId, checkImageName
+from imgrelay._store import Image, Session
 
 
 class ILinkSender(Interface):
@@ -29,8 +32,11 @@ class ILinkSender(Interface):
     What a proxy session sends on its link.
     """
 
-    def sendOpen(image: int, snapshotId: str, name: str) -> None:
-        """Announce a new image."""
+    def sendOpen(image: int, snapshotId: str, name: str, mode: int) -> None:
+        """Announce a new image (C{mode}: CREATE, REPLACE or APPEND)."""
+
+    def sendSnapshot(snapshotId: str) -> None:
+        """Push a snapshot id onto the session's snapshot list."""
 
     def sendChunk(image: int, data: bytes) -> None:
         """Send some of an image's bytes."""
@@ -67,12 +73,16 @@ class OutgoingImage:
     An image on its way to the cache.
     """
 
-    def __init__(self, session: ProxySession, imageId: int, snapshotId: str, name: str) -> None:
+    def __init__(
+        self, session: ProxySession, imageId: int, snapshotId: str, name: str,
+        checksum: RunningChecksum, data: Optional[ImageData],
+    ) -> None:
         self.session = session
         self.id = imageId
         self.snapshotId = snapshotId
         self.name = name
-        self.checksum = RunningChecksum()
+        self.checksum = checksum
+        self.data = data
         self.producer: Optional[IPushProducer] = None
         self.opened = session.clock()
         self.closed: Optional[float] = None
@@ -114,8 +124,18 @@ class ProxySession:
 
     log = Logger()
 
-    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str, clock: Callable[[], float] = time.monotonic, keepImages: bool = False
+    ) -> None:
+        """
+        @param name: The session's name, sent in hello.
+        @param clock: The time, for rates.
+        @param keepImages: Keep a copy of every image for L{localImage}
+            (CRIU's C{--remote} dump reads some back).
+        """
         self.name = checkId("session name", name)
+        self.snapshots: list[str] = []
+        self.local: Optional[Session] = Session(clock) if keepImages else None
         self.clock = clock
         self.ready: Deferred[None] = Deferred()
         self.result: Deferred[SessionOutcome] = Deferred()
@@ -123,7 +143,7 @@ class ProxySession:
         self._link: Optional[ILinkSender] = None
         self._open: dict[int, OutgoingImage] = {}
         self._unacked: dict[int, OutgoingImage] = {}
-        self._manifest: list[ManifestEntry] = []
+        self._manifest: dict[tuple[str, str], ManifestEntry] = {}
         self._nextId = 1
         self._finishing = False
         self._doneSent = False
@@ -132,7 +152,7 @@ class ProxySession:
 
     # Calls from the local (CRIU) side.
 
-    def openImage(self, snapshotId: str, name: str) -> OutgoingImage:
+    def openImage(self, snapshotId: str, name: str, mode: int = CREATE) -> OutgoingImage:
         """
         See L{IImageSink.openImage}.
         """
@@ -140,11 +160,45 @@ class ProxySession:
             raise SessionError(f"session {self.name!r} takes no new image now")
         checkImageName(name)
         checkId("snapshot id", snapshotId)
-        image = OutgoingImage(self, self._nextId, snapshotId, name)
+        key = (snapshotId, name)
+        if any((i.snapshotId, i.name) == key for i in self._open.values()):
+            raise SessionError(f"image {name!r} of snapshot {snapshotId!r} is already being written")
+        earlier = self._manifest.get(key)
+        if mode == CREATE and earlier is not None:
+            raise SessionError(f"image {name!r} written twice in snapshot {snapshotId!r}")
+        checksum = RunningChecksum()
+        data: Optional[ImageData] = None
+        if mode == APPEND and earlier is not None:
+            checksum = RunningChecksum(earlier.size, earlier.crc)
+        if self.local is not None:
+            kept = self.local.images.get(key)
+            data = ImageData.continuing(kept.data) if mode == APPEND and kept is not None else ImageData()
+            self.local.arriving(snapshotId, name)
+        image = OutgoingImage(self, self._nextId, snapshotId, name, checksum, data)
         self._nextId += 1
         self._open[image.id] = image
-        self._link.sendOpen(image.id, snapshotId, name)
+        self._link.sendOpen(image.id, snapshotId, name, mode)
         return image
+
+    def pushSnapshot(self, snapshotId: str) -> None:
+        """
+        See L{IImageSink.pushSnapshot}.
+        """
+        if self._over or self._link is None:
+            raise SessionError(f"session {self.name!r} takes no snapshot now")
+        checkId("snapshot id", snapshotId)
+        self.snapshots.append(snapshotId)
+        self._link.sendSnapshot(snapshotId)
+
+    def localImage(self, snapshotId: str, name: str) -> Deferred[Optional[Image]]:
+        """
+        An image as this proxy holds it, for a dump that reads back: at once
+        if complete, once complete if still being written, None if unknown.
+        """
+        local = self.local
+        if local is None or not local.expects(snapshotId, name):
+            return succeed(None)
+        return local.waitImage(snapshotId, name)
 
     def imageData(self, image: OutgoingImage, data: bytes) -> None:
         """
@@ -153,6 +207,8 @@ class ProxySession:
         if self._over or self._link is None:
             return
         image.checksum.update(data)
+        if image.data is not None:
+            image.data.append(data)
         self._link.sendChunk(image.id, data)
 
     def imageClosed(self, image: OutgoingImage) -> None:
@@ -165,7 +221,10 @@ class ProxySession:
         image.producer = None
         self._unacked[image.id] = image
         c = image.checksum
-        self._manifest.append(ManifestEntry(image.snapshotId, image.name, c.size, c.crc))
+        self._manifest[(image.snapshotId, image.name)] = ManifestEntry(image.snapshotId, image.name, c.size, c.crc)
+        if self.local is not None and image.data is not None:
+            image.data.close()
+            self.local.addVerified(Image(image.snapshotId, image.name, image.data, c.crc))
         self._link.sendClose(image.id, c.size, c.crc)
         self._maybeDone()
 
@@ -191,12 +250,13 @@ class ProxySession:
             return
         if self._finishing and not self._open:
             self._doneSent = True
-            total = sum(e.size for e in self._manifest)
+            entries = list(self._manifest.values())
+            total = sum(e.size for e in entries)
             self.log.info(
-                "session {session}: dump finished, {images} images, {bytes} bytes sent; final handshake",
-                session=self.name, images=len(self._manifest), bytes=total,
+                "session {session}: dump finished, {images} images, {bytes} bytes; final handshake",
+                session=self.name, images=len(entries), bytes=total,
             )
-            self._link.sendDone(len(self._manifest), total, manifestDigest(self._manifest))
+            self._link.sendDone(len(entries), total, manifestDigest(entries))
 
     # Calls from the link.
 
@@ -233,7 +293,7 @@ class ProxySession:
             self._fail("cache confirmed a final handshake that was not complete")
             return
         self._over = True
-        total = sum(e.size for e in self._manifest)
+        total = sum(e.size for e in self._manifest.values())
         seconds = self.clock() - self._started
         outcome = SessionOutcome(self.name, len(self._manifest), total, seconds)
         self.log.info(

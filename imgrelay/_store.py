@@ -75,7 +75,9 @@ class Session:
     @ivar name: The name the proxy gave, None until a link claims it.
     @ivar state: A L{SessionState}.
     @ivar failure: Why it failed, if it did.
-    @ivar images: The verified images by (snapshot id, name).
+    @ivar images: The verified images by (snapshot id, name): the latest
+        version of each.
+    @ivar snapshots: The snapshot list (CRIU's "parent"), in push order.
     """
 
     log = Logger()
@@ -85,7 +87,10 @@ class Session:
         self.state = SessionState.WAITING
         self.failure: Optional[str] = None
         self.images: dict[Key, Image] = {}
+        self.snapshots: list[str] = []
+        self._arriving: set[Key] = set()
         self._waiters: dict[Key, list[Deferred[Optional[Image]]]] = {}
+        self._snapshotWaiters: list[Deferred[Optional[list[str]]]] = []
         self._clock = clock
         self.started: Optional[float] = None
         self.ended: Optional[float] = None
@@ -121,11 +126,27 @@ class Session:
         """
         return (snapshotId, name) in self.images
 
+    def expects(self, snapshotId: str, name: str) -> bool:
+        """
+        Whether that image is verified here or on its way.
+        """
+        key = (snapshotId, name)
+        return key in self.images or key in self._arriving
+
+    def arriving(self, snapshotId: str, name: str) -> None:
+        """
+        A new version of that image is on its way: requests for it wait for
+        that version rather than take an earlier one.
+        """
+        self._arriving.add((snapshotId, name))
+
     def addVerified(self, image: Image) -> None:
         """
-        Keep a verified image and wake everyone waiting for it.
+        Keep a verified image (replacing any earlier version) and wake
+        everyone waiting for it.
         """
         key = (image.snapshotId, image.name)
+        self._arriving.discard(key)
         self.images[key] = image
         for d in self._waiters.pop(key, []):
             d.callback(image)
@@ -136,10 +157,27 @@ class Session:
         """
         key = (snapshotId, name)
         image = self.images.get(key)
-        if image is not None or self.final:
+        if self.final or (image is not None and key not in self._arriving):
             return succeed(image)
         d: Deferred[Optional[Image]] = Deferred()
         self._waiters.setdefault(key, []).append(d)
+        return d
+
+    def pushSnapshot(self, snapshotId: str) -> None:
+        """
+        Add a snapshot id to the snapshot list.
+        """
+        self.snapshots.append(snapshotId)
+
+    def waitSnapshots(self) -> Deferred[Optional[list[str]]]:
+        """
+        The complete snapshot list, once the session is complete (None if
+        it failed): only then is it certain no snapshot is still to come.
+        """
+        if self.final:
+            return succeed(list(self.snapshots) if self.state is SessionState.COMPLETE else None)
+        d: Deferred[Optional[list[str]]] = Deferred()
+        self._snapshotWaiters.append(d)
         return d
 
     @property
@@ -162,6 +200,9 @@ class Session:
         for ds in waiters.values():
             for d in ds:
                 d.callback(None)
+        snapshotWaiters, self._snapshotWaiters = self._snapshotWaiters, []
+        for s in snapshotWaiters:
+            s.callback(list(self.snapshots) if state is SessionState.COMPLETE else None)
         observers, self._finalObservers = self._finalObservers, []
         for observer in observers:
             observer(self)

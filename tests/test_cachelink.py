@@ -43,11 +43,13 @@ def hello(session: str = "mig", version: int = VERSION) -> bytes:
     return frame(ProxyMessage(hello=link_pb2.Hello(version=version, session=session)))
 
 
-def imageOpen(image: int, name: str, snapshotId: str = "") -> bytes:
+def imageOpen(image: int, name: str, snapshotId: str = "", mode: int = link_pb2.CREATE) -> bytes:
     """
     @return: A framed ImageOpen.
     """
-    return frame(ProxyMessage(open=link_pb2.ImageOpen(image=image, name=name, snapshot_id=snapshotId)))
+    return frame(
+        ProxyMessage(open=link_pb2.ImageOpen(image=image, name=name, snapshot_id=snapshotId, mode=mode))  # type: ignore[arg-type]
+    )
 
 
 def chunk(image: int, data: bytes) -> bytes:
@@ -616,7 +618,7 @@ class _CacheLinkMixin(_MixinBase):
         still open fails the session.
         """
         self.deliver(hello(), imageOpen(1, "a.img", "s"), imageOpen(2, "a.img", "s"))
-        self.assertSessionFailed("'a.img' written twice in snapshot 's'")
+        self.assertSessionFailed("'a.img' of snapshot 's' is already being written")
 
     def test_sameNameAfterVerified(self) -> None:
         """
@@ -738,6 +740,105 @@ class _CacheLinkMixin(_MixinBase):
         self.deliver(hello(), wholeImage(1, "a.img", b"abc"))
         self.assertEqual(self.transport.value(), before)
         self.assertIs(self.session.state, SessionState.FAILED)
+
+    # Versions of an image and the snapshot list (CRIU's --remote).
+
+    def test_replace(self) -> None:
+        """
+        An image opened with REPLACE becomes the new version of an image
+        already verified; the final handshake counts the last version only.
+        """
+        self.deliver(
+            hello(),
+            wholeImage(1, "a.img", b"old content", "s1"),
+            imageOpen(2, "a.img", "s1", link_pb2.REPLACE),
+            chunk(2, b"new"),
+            imageClose(2, b"new"),
+            done([("s1", "a.img", b"new")]),
+        )
+        self.assertEqual(self.kinds(), ["accept", "ack", "ack", "done_ok"])
+        self.assertEqual(self.session.images[("s1", "a.img")].data.tobytes(), b"new")
+        self.assertEqual(self.session.state, SessionState.COMPLETE)
+
+    def test_append(self) -> None:
+        """
+        An image opened with APPEND continues the verified one: its close
+        gives the size and CRC-32C of the whole, and the image holds old and
+        new bytes.
+        """
+        self.deliver(
+            hello(),
+            wholeImage(1, "a.img", b"abc"),
+            imageOpen(2, "a.img", "", link_pb2.APPEND),
+            chunk(2, b"def"),
+            imageClose(2, b"abcdef"),
+            done([("", "a.img", b"abcdef")]),
+        )
+        self.assertEqual(self.kinds(), ["accept", "ack", "ack", "done_ok"])
+        self.assertEqual(self.session.images[("", "a.img")].data.tobytes(), b"abcdef")
+
+    def test_appendChecksumOfPartRefused(self) -> None:
+        """
+        An append closed with the size and checksum of the new bytes alone
+        is refused: the close must describe the whole image.
+        """
+        self.deliver(
+            hello(),
+            wholeImage(1, "a.img", b"abc"),
+            imageOpen(2, "a.img", "", link_pb2.APPEND),
+            chunk(2, b"def"),
+            imageClose(2, b"def"),
+        )
+        self.assertEqual(self.kinds()[-1], "image_refused")
+        self.assertEqual(self.session.state, SessionState.FAILED)
+
+    def test_appendToNothing(self) -> None:
+        """
+        An append to an image that does not exist creates it.
+        """
+        self.deliver(hello(), imageOpen(1, "a.img", "", link_pb2.APPEND), chunk(1, b"x"), imageClose(1, b"x"))
+        self.assertEqual(self.session.images[("", "a.img")].data.tobytes(), b"x")
+
+    def test_readWaitsForNewVersion(self) -> None:
+        """
+        A request for an image whose new version is on its way waits for
+        that version instead of taking the earlier one.
+        """
+        self.deliver(hello(), wholeImage(1, "a.img", b"v1"), imageOpen(2, "a.img", "", link_pb2.REPLACE))
+        waiting = self.session.waitImage("", "a.img")
+        self.assertNoResult(waiting)
+        self.deliver(chunk(2, b"v2"), imageClose(2, b"v2"))
+        image = self.successResultOf(waiting)
+        assert image is not None
+        self.assertEqual(image.data.tobytes(), b"v2")
+
+    def test_unknownMode(self) -> None:
+        """
+        An open mode this version does not know fails the session.
+        """
+        self.deliver(hello(), imageOpen(1, "a.img", "", 7))
+        self.assertSessionFailed("unknown open mode 7")
+
+    def test_snapshotList(self) -> None:
+        """
+        Snapshot ids pushed on the link make the session's snapshot list, in
+        push order, given out once the session is complete.
+        """
+        push = lambda s: frame(ProxyMessage(snapshot=link_pb2.SnapshotPush(snapshot_id=s)))
+        self.deliver(hello(), push("/mig/d1"), push("/mig/d2"))
+        listed = self.session.waitSnapshots()
+        self.assertNoResult(listed)
+        self.deliver(push("/mig/d3"), done([]))
+        self.assertEqual(self.successResultOf(listed), ["/mig/d1", "/mig/d2", "/mig/d3"])
+
+    def test_snapshotListOfFailedSession(self) -> None:
+        """
+        A failed session has no snapshot list.
+        """
+        self.deliver(hello())
+        listed = self.session.waitSnapshots()
+        self.deliver(abort("gone"))
+        self.assertIsNone(self.successResultOf(listed))
 
 
 class CacheLinkWholeTests(_CacheLinkMixin, SynchronousTestCase):

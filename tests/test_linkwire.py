@@ -41,6 +41,7 @@ PROXY_MESSAGES = [
     ProxyMessage(close=link_pb2.ImageClose(image=1, size=118784, crc32c=0xE3069283)),
     ProxyMessage(done=link_pb2.Done(images=2, bytes=120633, manifest_sha256=b"\x01" * 32)),
     ProxyMessage(abort=link_pb2.Abort(reason="hostile image name")),
+    ProxyMessage(snapshot=link_pb2.SnapshotPush(snapshot_id="/mig/d1")),
 ]
 
 #: One message of each kind the cache sends.
@@ -246,7 +247,7 @@ class ProxyMessageFramerTests(SynchronousTestCase):
         An envelope holding only a field number this version does not know
         (a kind from a later version) is L{MalformedHeader}.
         """
-        for body in [b"\x38\x01", b"\x3a\x00", b"\x3a\x02\x08\x01"]:
+        for body in [b"\x78\x01", b"\x7a\x00", b"\x7a\x02\x08\x01"]:
             with self.assertRaises(MalformedHeader) as raised:
                 list(proxyMessageFramer().feed(struct.pack("!I", len(body)) + body))
             self.assertIn("unknown", str(raised.exception))

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 from imgrelay._errors import SessionError
 from imgrelay._integrity import ManifestEntry, manifestDigest
 from imgrelay._interfaces import IImageSink, IOutgoingImage
+from imgrelay._linkwire import APPEND, CREATE, REPLACE
 from imgrelay._names import BadName
 from imgrelay._proxysession import (
     ILinkSender,
@@ -39,11 +40,17 @@ class FakeLink:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def sendOpen(self, image: int, snapshotId: str, name: str) -> None:
+    def sendOpen(self, image: int, snapshotId: str, name: str, mode: int = 0) -> None:
         """
-        Record an open.
+        Record an open (the mode only when it is not CREATE).
         """
-        self.calls.append(("open", image, snapshotId, name))
+        self.calls.append(("open", image, snapshotId, name) + ((mode,) if mode else ()))
+
+    def sendSnapshot(self, snapshotId: str) -> None:
+        """
+        Record a snapshot push.
+        """
+        self.calls.append(("snapshot", snapshotId))
 
     def sendChunk(self, image: int, data: bytes) -> None:
         """
@@ -528,3 +535,96 @@ class ProxySessionTests(SynchronousTestCase):
         self.clock.advance(1)
         image.close()
         self.assertEqual(image.closed, 5)
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    L{ProxySession} with images written more than once and read back, as
+    CRIU's C{--remote} dump does.
+    """
+
+    def setUp(self) -> None:
+        self.session = ProxySession("mig", Clock().seconds, keepImages=True)
+        self.link = FakeLink()
+        self.session.accepted(self.link)
+
+    def write(self, name: str, content: bytes, mode: int = CREATE, snapshotId: str = "s") -> None:
+        image = self.session.openImage(snapshotId, name, mode)
+        image.write(content)
+        image.close()
+
+    def test_replaceCountsLastVersion(self) -> None:
+        """
+        A REPLACE is announced as such, and the final handshake counts only
+        the last version of the image.
+        """
+        self.write("a.img", b"old")
+        self.write("a.img", b"newer", REPLACE)
+        self.session.finish()
+        opens = [c for c in self.link.calls if c[0] == "open"]
+        self.assertEqual(opens, [("open", 1, "s", "a.img"), ("open", 2, "s", "a.img", REPLACE)])
+        (doneCall,) = [c for c in self.link.calls if c[0] == "done"]
+        expected = manifestDigest([ManifestEntry("s", "a.img", 5, crc32c(b"newer"))])
+        self.assertEqual(doneCall[1:], (1, 5, expected))
+
+    def test_appendClosesWithWhole(self) -> None:
+        """
+        An APPEND closes with the size and CRC-32C of the whole image.
+        """
+        self.write("a.img", b"abc")
+        self.write("a.img", b"def", APPEND)
+        closes = [c for c in self.link.calls if c[0] == "close"]
+        self.assertEqual(closes[-1], ("close", 2, 6, crc32c(b"abcdef")))
+
+    def test_createTwiceRefused(self) -> None:
+        """
+        A second CREATE of one image is refused; so is opening an image that
+        is still being written.
+        """
+        self.write("a.img", b"x")
+        self.assertRaises(SessionError, self.session.openImage, "s", "a.img")
+        self.session.openImage("s", "b.img")
+        self.assertRaises(SessionError, self.session.openImage, "s", "b.img", REPLACE)
+
+    def test_localImage(self) -> None:
+        """
+        A kept image is read back whole (old bytes and appended ones); one
+        still being written is given once closed; an unknown one is None at
+        once.
+        """
+        self.write("a.img", b"abc")
+        self.write("a.img", b"def", APPEND)
+        kept = self.successResultOf(self.session.localImage("s", "a.img"))
+        assert kept is not None
+        self.assertEqual(kept.data.tobytes(), b"abcdef")
+        self.assertIsNone(self.successResultOf(self.session.localImage("s", "nope.img")))
+        image = self.session.openImage("s", "b.img")
+        pending = self.session.localImage("s", "b.img")
+        self.assertNoResult(pending)
+        image.write(b"late")
+        image.close()
+        result = self.successResultOf(pending)
+        assert result is not None
+        self.assertEqual(result.data.tobytes(), b"late")
+
+    def test_notKeptByDefault(self) -> None:
+        """
+        Without C{keepImages} nothing is kept (the C{--stream} proxy holds no
+        image).
+        """
+        session = ProxySession("mig", Clock().seconds)
+        session.accepted(FakeLink())
+        image = session.openImage("", "a.img")
+        image.write(b"x")
+        image.close()
+        self.assertIsNone(self.successResultOf(session.localImage("", "a.img")))
+
+    def test_pushSnapshot(self) -> None:
+        """
+        Snapshot ids are kept in push order and sent on the link.
+        """
+        self.session.pushSnapshot("/mig/d1")
+        self.session.pushSnapshot("/mig/d2")
+        self.assertEqual(self.session.snapshots, ["/mig/d1", "/mig/d2"])
+        self.assertEqual([c for c in self.link.calls if c[0] == "snapshot"],
+                         [("snapshot", "/mig/d1"), ("snapshot", "/mig/d2")])

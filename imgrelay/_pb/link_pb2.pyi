@@ -1,9 +1,19 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OpenMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CREATE: _ClassVar[OpenMode]
+    REPLACE: _ClassVar[OpenMode]
+    APPEND: _ClassVar[OpenMode]
+CREATE: OpenMode
+REPLACE: OpenMode
+APPEND: OpenMode
 
 class Hello(_message.Message):
     __slots__ = ("version", "session")
@@ -14,14 +24,22 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class ImageOpen(_message.Message):
-    __slots__ = ("image", "name", "snapshot_id")
+    __slots__ = ("image", "name", "snapshot_id", "mode")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     image: int
     name: str
     snapshot_id: str
-    def __init__(self, image: _Optional[int] = ..., name: _Optional[str] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+    mode: OpenMode
+    def __init__(self, image: _Optional[int] = ..., name: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., mode: _Optional[_Union[OpenMode, str]] = ...) -> None: ...
+
+class SnapshotPush(_message.Message):
+    __slots__ = ("snapshot_id",)
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    def __init__(self, snapshot_id: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("image", "length")
@@ -58,20 +76,22 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ProxyMessage(_message.Message):
-    __slots__ = ("hello", "open", "chunk", "close", "done", "abort")
+    __slots__ = ("hello", "open", "chunk", "close", "done", "abort", "snapshot")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     open: ImageOpen
     chunk: Chunk
     close: ImageClose
     done: Done
     abort: Abort
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+    snapshot: SnapshotPush
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotPush, _Mapping]] = ...) -> None: ...
 
 class Accept(_message.Message):
     __slots__ = ()
