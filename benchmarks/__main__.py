@@ -1,0 +1,118 @@
+"""
+C{python -m benchmarks [--runs N] [--scenario a,b,...] [--scale F]}: see
+C{benchmarks/README.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from benchmarks import _profile, _scenarios
+from benchmarks._content import ReceiveBuffer, Source, expectedDigests, layout, layoutSize
+from benchmarks._report import details, table, targets
+from benchmarks._runner import SYSTEMS, BenchmarkError, RunResult, asDict, runOnce
+
+
+def _imgrelayVersion(path: Optional[str]) -> str:
+    """@return: Where the daemons' imgrelay comes from, and its git commit."""
+    if path is None:
+        import imgrelay
+
+        path = os.path.dirname(os.path.dirname(os.path.abspath(imgrelay.__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "-C", path, "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except OSError:
+        out = ""
+    return f"{path} ({out or 'not a git checkout'})"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """
+    Run the benchmarks and print the table.
+
+    @return: The exit status: 0 when every run verified every byte.
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="imgrelay's benchmarks (issue 5)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
+    parser.add_argument("--scenario", default=None, help=f"comma-separated, of {','.join(_scenarios.KEYS)} (c = both c-*); default all")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply image sizes and file counts (e.g. 0.1 for a quick run)")
+    parser.add_argument("--clients", choices=["process", "thread"], default="process", help="run writer and reader as forked processes (default) or threads")
+    parser.add_argument("--system", default="baseline,imgrelay", help="which systems to run, of imgrelay,baseline,naive (naive: the baseline storing in a new bytearray per piece); default baseline,imgrelay")
+    parser.add_argument("--imgrelay-path", metavar="DIR", help="run the daemons from this checkout of imgrelay (put first on their PYTHONPATH) instead of the installed one")
+    parser.add_argument("--profile", metavar="DIR", help="record the processes under test with py-spy into DIR and print where their time went (slows them: not for the table)")
+    parser.add_argument("--json", metavar="PATH", help="also write every run's raw measures here")
+    args = parser.parse_args(argv)
+    try:
+        keys = _scenarios.select(args.scenario)
+    except KeyError as e:
+        parser.error(f"unknown scenario {e}")
+    systems = [s for s in args.system.split(",") if s]
+    if not systems or any(s not in SYSTEMS for s in systems):
+        parser.error(f"--system takes {','.join(SYSTEMS)}")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in [args.imgrelay_path, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")] if p
+    )
+
+    began = time.monotonic()
+    source = Source()
+    scenarios = [_scenarios.build(k, args.scale) for k in keys]
+    expected = {sc.key: expectedDigests(source, sc.images) for sc in scenarios}
+    buffer = ReceiveBuffer(max(layoutSize(layout(sc.images)) for sc in scenarios))
+    _log(f"content, digests and a {buffer.size / 2**20:.0f} MiB receive buffer ready in {time.monotonic() - began:.1f} s")
+    results: list[RunResult] = []
+    try:
+        for run in range(1, args.runs + 1):
+            # Alternate which system goes first, so neither always follows the other.
+            order = systems if run % 2 else systems[::-1]
+            for sc in scenarios:
+                for system in order:
+                    prefix = None
+                    if args.profile:
+                        os.makedirs(args.profile, exist_ok=True)
+                        prefix = os.path.join(os.path.abspath(args.profile), f"{sc.key}-{system}-run{run}")
+                    r = runOnce(system, sc, source, buffer, expected[sc.key], args.clients, prefix)
+                    results.append(r)
+                    _log(
+                        f"run {run}/{args.runs} {sc.key:<8} {system:<9} {r.seconds:7.3f} s "
+                        f"{sc.totalBytes / r.seconds / 1e9:5.2f} GB/s  verified"
+                    )
+    except BenchmarkError as e:
+        _log(f"FAILED: {e}")
+        return 1
+    print(f"\nimgrelay benchmarks: {args.runs} runs, scale {args.scale}, clients in {args.clients}es, "
+          f"{time.monotonic() - began:.0f} s in all; every byte of every run verified (BLAKE2b)")
+    print(f"imgrelay: {_imgrelayVersion(args.imgrelay_path)}")
+    for sc in scenarios:
+        print(f"  {sc.key:<8} {sc.title} ({sc.totalBytes / 1e6:.1f} MB)")
+    print()
+    print(table(scenarios, results))
+    print()
+    print(details(scenarios, results))
+    if "imgrelay" in systems:
+        print("\nissue 5 targets (information, not tests):")
+        print(targets(scenarios, results))
+    if args.profile:
+        print(f"\nwhere the time went (py-spy, own samples incl. idle; files in {args.profile}):")
+        for name in sorted(os.listdir(args.profile)):
+            if name.endswith(".txt"):
+                print(_profile.summary(os.path.join(args.profile, name)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asDict(r) for r in results], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
