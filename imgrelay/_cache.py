@@ -32,16 +32,17 @@ class CacheService(MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, listen: str, local: str) -> None:
+    def __init__(self, reactor: Any, listen: str, local: str, verbose: bool = False) -> None:
         """
         @param reactor: The reactor.
         @param listen: Server endpoint string for the link.
         @param local: Server endpoint string for CRIU's socket.
+        @param verbose: Log every image, not only large ones.
         """
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
-        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds, reactor), reactor=reactor)
+        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose), reactor=reactor)
         self._link.setServiceParent(self)
         strports.service(local, StreamServeFactory(self.slot, reactor), reactor=reactor).setServiceParent(self)
 
@@ -84,6 +85,7 @@ def cacheService(
     listen: str,
     local: Optional[str] = None,
     reactor: Any = None,
+    verbose: bool = False,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -93,10 +95,11 @@ def cacheService(
     @param local: A server endpoint string for CRIU's socket instead of
         C{imagesDir/streamer-serve.sock}.
     @param reactor: The reactor; the global one by default.
+    @param verbose: Log every image, not only those of 1 MiB or more.
     @return: The service.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    return CacheService(reactor, listen, local or localEndpoint(imagesDir, SERVE_SOCKET))
+    return CacheService(reactor, listen, local or localEndpoint(imagesDir, SERVE_SOCKET), verbose)

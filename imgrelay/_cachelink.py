@@ -20,6 +20,7 @@ from zope.interface import implementer
 from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
 from imgrelay._integrity import RunningChecksum, manifestDigest
+from imgrelay._logging import logsImage
 from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
@@ -56,7 +57,15 @@ class CacheLinkState:
 
     log = Logger()
 
-    def __init__(self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, verbose: bool = False
+    ) -> None:
+        """
+        @param slot: Where sessions are claimed.
+        @param clock: The time, for rates.
+        @param verbose: Log every image, not only large ones.
+        """
+        self.verbose = verbose
         self._slot = slot
         self._clock = clock
         self.session: Optional[Session] = None
@@ -213,15 +222,16 @@ class CacheLinkState:
             return [CacheMessage(image_refused=link_pb2.ImageRefused(image=message.image, reason=reason))]
         seconds = self._clock() - incoming.opened
         self.session.addVerified(Image(incoming.snapshotId, incoming.name, incoming.data, got.crc))
-        self.log.info(
-            "session {session}: image {name} verified, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
-            session=self.session.name,
-            name=incoming.name,
-            snapshot=incoming.snapshotId,
-            size=got.size,
-            seconds=seconds,
-            rate=_rate(got.size, seconds),
-        )
+        if logsImage(got.size, self.verbose):
+            self.log.info(
+                "session {session}: image {name} verified, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
+                session=self.session.name,
+                name=incoming.name,
+                snapshot=incoming.snapshotId,
+                size=got.size,
+                seconds=seconds,
+                rate=_rate(got.size, seconds),
+            )
         return [CacheMessage(ack=link_pb2.ImageAck(image=message.image))]
 
     def _onDone(self, message: link_pb2.Done) -> list[CacheMessage]:
@@ -293,16 +303,18 @@ class CacheLinkProtocol(Protocol):
     log = Logger()
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
+        verbose: bool = False,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
         @param clock: The time, for rates.
         @param reactor: Where a plain TCP link's socket is read; the global
             reactor by default.
+        @param verbose: Log every image, not only large ones.
         """
         self._framer = proxyMessageFramer()
-        self.state = CacheLinkState(slot, clock)
+        self.state = CacheLinkState(slot, clock, verbose)
         self._closing = False
         self._reactor = reactor
         self._receiver: Optional[SocketReceiver] = None
@@ -392,11 +404,13 @@ class CacheLinkFactory(Factory):
     """
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
+        verbose: bool = False,
     ) -> None:
         self.slot = slot
         self.clock = clock
         self.reactor = reactor
+        self.verbose = verbose
 
     noisy = False
 
@@ -404,6 +418,6 @@ class CacheLinkFactory(Factory):
         """
         @return: A protocol for one link.
         """
-        p = CacheLinkProtocol(self.slot, self.clock, self.reactor)
+        p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose)
         p.factory = self
         return p

@@ -5,7 +5,8 @@ image, filled in place.
 
 The link receiver asks for L{ImageData.writable} space and receives straight
 into it (C{recv_into}), so a byte arriving from the network is copied once,
-by the kernel. Blocks double from 64 KiB up to 8 MiB; from 1 MiB on they
+by the kernel. The first block fits the first piece (4 to
+64 KiB), then blocks double from 64 KiB up to 8 MiB; from 1 MiB on they
 are anonymous mappings populated in bulk (C{MAP_POPULATE}), which the
 kernel faults in about twice as fast as memory touched page by page. When
 an image closes, the unused end of its last block is given back.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import mmap
 from typing import Union
 
-#: The first block of every image.
+#: The smallest first block, and the largest: an image's first block is
+#: the size of its first piece within these bounds.
+SMALLEST_BLOCK = 4 << 10
 FIRST_BLOCK = 64 << 10
 
 #: Blocks stop growing at this size.
@@ -78,7 +81,12 @@ class ImageData:
         if self._closed:
             raise ValueError("image data is closed")
         if not self._blocks or self._fill == len(self._blocks[-1]):
-            size = min(max(FIRST_BLOCK, self.size), MAX_BLOCK)
+            if self.size:
+                size = min(max(FIRST_BLOCK, self.size), MAX_BLOCK)
+            else:
+                # Most images are small: the first block fits the first
+                # piece (at least a page), up to FIRST_BLOCK.
+                size = min(max(wanted, SMALLEST_BLOCK), FIRST_BLOCK)
             self._blocks.append(_allocate(size))
             self._fill = 0
         block = self._blocks[-1]

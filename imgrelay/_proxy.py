@@ -52,13 +52,16 @@ class ProxyService(MultiService):
         local: str,
         connect: Union[str, IStreamClientEndpoint],
         sessionName: str,
+        verbose: bool = False,
     ) -> None:
         """
         @param reactor: The reactor.
         @param local: Server endpoint string for CRIU's socket.
         @param connect: The cache's link: a client endpoint or its string.
         @param sessionName: The session name sent in hello.
+        @param verbose: Log every image, not only large ones.
         """
+        self.verbose = verbose
         MultiService.__init__(self)
         self._reactor = reactor
         if isinstance(connect, str):
@@ -83,7 +86,7 @@ class ProxyService(MultiService):
         """
         A dump connected: start its session and dial the cache.
         """
-        session = ProxySession(self.sessionName, self._reactor.seconds)
+        session = ProxySession(self.sessionName, self._reactor.seconds, verbose=self.verbose)
         self.sessions.add(session)
         self.log.info(
             "dump connected; session {session}: connecting to the cache at {cache}",
@@ -108,6 +111,7 @@ def proxyService(
     sessionName: Optional[str] = None,
     local: Optional[str] = None,
     reactor: Any = None,
+    verbose: bool = False,
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -120,6 +124,7 @@ def proxyService(
     @param local: A server endpoint string for CRIU's socket instead of
         C{imagesDir/streamer-capture.sock}.
     @param reactor: The reactor; the global one by default.
+    @param verbose: Log every image, not only those of 1 MiB or more.
     @return: The service.
     """
     if reactor is None:
@@ -128,7 +133,7 @@ def proxyService(
         reactor = _reactor
     if sessionName is None:
         sessionName = defaultSessionName(imagesDir)
-    return ProxyService(reactor, local or localEndpoint(imagesDir, CAPTURE_SOCKET), connect, sessionName)
+    return ProxyService(reactor, local or localEndpoint(imagesDir, CAPTURE_SOCKET), connect, sessionName, verbose)
 
 
 def defaultSessionName(imagesDir: str) -> str:

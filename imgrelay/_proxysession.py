@@ -23,6 +23,7 @@ from imgrelay._integrity import ManifestEntry, RunningChecksum, manifestDigest
 from imgrelay._interfaces import IImageSink, IOutgoingImage
 from imgrelay._imagedata import ImageData
 from imgrelay._linkwire import APPEND, CREATE
+from imgrelay._logging import logsImage
 from imgrelay._names import checkId, checkImageName
 from imgrelay._store import Image, Session
 
@@ -125,15 +126,18 @@ class ProxySession:
     log = Logger()
 
     def __init__(
-        self, name: str, clock: Callable[[], float] = time.monotonic, keepImages: bool = False
+        self, name: str, clock: Callable[[], float] = time.monotonic, keepImages: bool = False,
+        verbose: bool = False,
     ) -> None:
         """
         @param name: The session's name, sent in hello.
         @param clock: The time, for rates.
         @param keepImages: Keep a copy of every image for L{localImage}
             (CRIU's C{--remote} dump reads some back).
+        @param verbose: Log every image, not only large ones.
         """
         self.name = checkId("session name", name)
+        self.verbose = verbose
         self.snapshots: list[str] = []
         self.local: Optional[Session] = Session(clock) if keepImages else None
         self.clock = clock
@@ -279,11 +283,12 @@ class ProxySession:
             self._fail(f"cache acknowledged image {imageId}, which is not awaiting it")
             return
         seconds = (image.closed or image.opened) - image.opened
-        self.log.info(
-            "session {session}: image {name} acknowledged, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
-            session=self.name, name=image.name, snapshot=image.snapshotId,
-            size=image.checksum.size, seconds=seconds, rate=_rate(image.checksum.size, seconds),
-        )
+        if logsImage(image.checksum.size, self.verbose):
+            self.log.info(
+                "session {session}: image {name} acknowledged, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
+                session=self.name, name=image.name, snapshot=image.snapshotId,
+                size=image.checksum.size, seconds=seconds, rate=_rate(image.checksum.size, seconds),
+            )
 
     def doneOk(self) -> None:
         """

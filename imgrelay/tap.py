@@ -32,7 +32,10 @@ def _imagesDir(value: str) -> str:
 
 
 class _Options(usage.Options):
-    optFlags = [["oneshot", None, "Serve one session, then exit: 0 if it succeeded, 1 if not."]]
+    optFlags = [
+        ["oneshot", None, "Serve one session, then exit: 0 if it succeeded, 1 if not."],
+        ["verbose", "v", "Log every image (by default only images of 1 MiB or more get a line)."],
+    ]
 
     def postOptions(self) -> None:
         if self["images-dir"] is None:
@@ -135,7 +138,8 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     first session.
     """
     service = proxyService(
-        options["images-dir"], options["connect"], options["session"], options["local"], reactor
+        options["images-dir"], options["connect"], options["session"], options["local"], reactor,
+        bool(options["verbose"]),
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -161,7 +165,9 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    service = cacheService(options["images-dir"], options["listen"], options["local"], reactor)
+    service = cacheService(
+        options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"])
+    )
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))
     return _Daemon("imgrelay-cache", service)

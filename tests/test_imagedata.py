@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay._imagedata import FIRST_BLOCK, MAPPED_BLOCK, MAX_BLOCK, ImageData
+from imgrelay._imagedata import FIRST_BLOCK, MAPPED_BLOCK, MAX_BLOCK, SMALLEST_BLOCK, ImageData
 
 
 class ImageDataTests(SynchronousTestCase):
@@ -27,7 +27,8 @@ class ImageDataTests(SynchronousTestCase):
 
     def test_appendSmallPieces(self) -> None:
         """
-        Many small appends land in one first block of L{FIRST_BLOCK}.
+        Small appends fill a first block of L{SMALLEST_BLOCK} (the first
+        piece is smaller than that), then one of L{FIRST_BLOCK}.
         """
         data = ImageData()
         expected = b"".join(bytes([i % 251]) * 7 for i in range(1000))
@@ -35,7 +36,19 @@ class ImageDataTests(SynchronousTestCase):
             data.append(bytes([i % 251]) * 7)
         self.assertEqual(data.size, 7000)
         self.assertEqual(data.tobytes(), expected)
-        self.assertEqual([len(p) for p in data.pieces], [7000])
+        self.assertEqual([len(p) for p in data.pieces], [SMALLEST_BLOCK, 7000 - SMALLEST_BLOCK])
+        self.assertEqual([len(b) for b in data._blocks], [SMALLEST_BLOCK, FIRST_BLOCK])
+
+    def test_firstBlockFitsFirstPiece(self) -> None:
+        """
+        The first block is as large as the first piece, within
+        L{SMALLEST_BLOCK} and L{FIRST_BLOCK}: a small image costs a page,
+        not a whole block.
+        """
+        for first, expected in [(100, SMALLEST_BLOCK), (10000, 10000), (1 << 20, FIRST_BLOCK)]:
+            data = ImageData()
+            data.writable(first)
+            self.assertEqual(len(data._blocks[0]), expected)
 
     def test_blocksGrow(self) -> None:
         """
