@@ -11,16 +11,22 @@ from typing import Any, Callable, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
-from imgrelay._proxy import localEndpoint
+from imgrelay._proxy import PROTOCOLS, localEndpoint
+from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
+from imgrelay._remotesides import CacheRemoteBackend
 from imgrelay._store import Session, SessionSlot
 from imgrelay._streamserve import StreamServeFactory
 
 #: The socket C{criu restore --stream -D DIR} connects to, inside DIR.
 SERVE_SOCKET = "streamer-serve.sock"
+
+#: The socket C{criu restore --remote} connects to, in its images directory.
+REMOTE_CACHE_SOCKET = "img-cache.sock"
 
 
 class CacheService(MultiService):
@@ -32,19 +38,33 @@ class CacheService(MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, listen: str, local: str, verbose: bool = False) -> None:
+    def __init__(
+        self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         """
         @param reactor: The reactor.
         @param listen: Server endpoint string for the link.
         @param local: Server endpoint string for CRIU's socket.
         @param verbose: Log every image, not only large ones.
+        @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
+        @param idleTimeout: With C{"remote"}, how long a local connection
+            may take to send its header and pipe.
         """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}")
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
-        self._link = strports.service(listen, CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose), reactor=reactor)
+        self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose)
+        self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         self._link.setServiceParent(self)
-        strports.service(local, StreamServeFactory(self.slot, reactor), reactor=reactor).setServiceParent(self)
+        factory: Factory
+        if protocol == "remote":
+            factory = RemoteFactory(CacheRemoteBackend(self.slot), reactor, idleTimeout)
+        else:
+            factory = StreamServeFactory(self.slot, reactor)
+        strports.service(local, factory, reactor=reactor).setServiceParent(self)
 
     def linkAddress(self) -> Deferred[IAddress]:
         """
@@ -64,6 +84,13 @@ class CacheService(MultiService):
 
         waiting.addCallback(listening)
         return d
+
+    def stopService(self) -> Any:
+        """
+        Stop listening and close every link; sessions still receiving fail.
+        """
+        self._linkFactory.abortAll()
+        return MultiService.stopService(self)
 
     def addSessionObserver(self, observer: Callable[[Session], None]) -> None:
         """
@@ -86,6 +113,8 @@ def cacheService(
     local: Optional[str] = None,
     reactor: Any = None,
     verbose: bool = False,
+    protocol: str = "stream",
+    idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -96,10 +125,16 @@ def cacheService(
         C{imagesDir/streamer-serve.sock}.
     @param reactor: The reactor; the global one by default.
     @param verbose: Log every image, not only those of 1 MiB or more.
+    @param protocol: CRIU's local protocol: C{"stream"} (on
+        C{imagesDir/streamer-serve.sock}) or C{"remote"} (on
+        C{imagesDir/img-cache.sock}).
+    @param idleTimeout: With C{"remote"}, how long a local connection may
+        take to send its header and pipe.
     @return: The service.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    return CacheService(reactor, listen, local or localEndpoint(imagesDir, SERVE_SOCKET), verbose)
+    socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
+    return CacheService(reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout)

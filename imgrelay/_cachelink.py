@@ -395,6 +395,8 @@ class CacheLinkProtocol(Protocol):
         """
         if self._receiver is not None:
             self._receiver.close()
+        if isinstance(self.factory, CacheLinkFactory):
+            self.factory.links.discard(self)
         self.state.lost(reason.getErrorMessage())
 
 
@@ -411,6 +413,15 @@ class CacheLinkFactory(Factory):
         self.clock = clock
         self.reactor = reactor
         self.verbose = verbose
+        self.links: set[CacheLinkProtocol] = set()
+
+    def abortAll(self) -> None:
+        """
+        Close every link at once (the cache is shutting down); their
+        sessions not yet complete fail.
+        """
+        for link in list(self.links):
+            link.transport.abortConnection()  # type: ignore[union-attr]
 
     noisy = False
 
@@ -420,4 +431,5 @@ class CacheLinkFactory(Factory):
         """
         p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose)
         p.factory = self
+        self.links.add(p)
         return p

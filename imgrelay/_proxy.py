@@ -12,15 +12,24 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._proxysession import ProxySession, SessionOutcome
+from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
+from imgrelay._remotesides import ProxyRemoteBackend
 from imgrelay._streamcapture import StreamCaptureFactory
 
 #: The socket C{criu dump --stream -D DIR} connects to, inside DIR.
 CAPTURE_SOCKET = "streamer-capture.sock"
+
+#: The socket C{criu dump --remote} connects to, in its images directory.
+REMOTE_PROXY_SOCKET = "img-proxy.sock"
+
+#: CRIU's local protocols.
+PROTOCOLS = ("stream", "remote")
 
 
 def localEndpoint(imagesDir: str, socketName: str) -> str:
@@ -53,6 +62,8 @@ class ProxyService(MultiService):
         connect: Union[str, IStreamClientEndpoint],
         sessionName: str,
         verbose: bool = False,
+        protocol: str = "stream",
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -60,8 +71,14 @@ class ProxyService(MultiService):
         @param connect: The cache's link: a client endpoint or its string.
         @param sessionName: The session name sent in hello.
         @param verbose: Log every image, not only large ones.
+        @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
+        @param idleTimeout: With C{"remote"}, how long a local connection
+            may take to send its header and pipe.
         """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}")
         self.verbose = verbose
+        self.protocol = protocol
         MultiService.__init__(self)
         self._reactor = reactor
         if isinstance(connect, str):
@@ -73,7 +90,21 @@ class ProxyService(MultiService):
         self.sessionName = sessionName
         self._observers: list[SessionObserver] = []
         self.sessions: set[ProxySession] = set()
-        strports.service(local, StreamCaptureFactory(self.newSession, reactor), reactor=reactor).setServiceParent(self)
+        factory: Factory
+        if protocol == "remote":
+            factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, idleTimeout)
+        else:
+            factory = StreamCaptureFactory(self.newSession, reactor)
+        strports.service(local, factory, reactor=reactor).setServiceParent(self)
+
+    def stopService(self) -> Any:
+        """
+        Stop listening, and give up every session still in progress: its
+        link is closed and the cache fails it.
+        """
+        for session in list(self.sessions):
+            session.abort("the proxy is shutting down")
+        return MultiService.stopService(self)
 
     def addSessionObserver(self, observer: SessionObserver) -> None:
         """
@@ -86,7 +117,9 @@ class ProxyService(MultiService):
         """
         A dump connected: start its session and dial the cache.
         """
-        session = ProxySession(self.sessionName, self._reactor.seconds, verbose=self.verbose)
+        session = ProxySession(
+            self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose
+        )
         self.sessions.add(session)
         self.log.info(
             "dump connected; session {session}: connecting to the cache at {cache}",
@@ -112,6 +145,8 @@ def proxyService(
     local: Optional[str] = None,
     reactor: Any = None,
     verbose: bool = False,
+    protocol: str = "stream",
+    idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -125,6 +160,11 @@ def proxyService(
         C{imagesDir/streamer-capture.sock}.
     @param reactor: The reactor; the global one by default.
     @param verbose: Log every image, not only those of 1 MiB or more.
+    @param protocol: CRIU's local protocol: C{"stream"} (C{criu dump
+        --stream}, on C{imagesDir/streamer-capture.sock}) or C{"remote"}
+        (C{criu dump --remote}, on C{imagesDir/img-proxy.sock}).
+    @param idleTimeout: With C{"remote"}, how long a local connection may
+        take to send its header and pipe.
     @return: The service.
     """
     if reactor is None:
@@ -133,7 +173,10 @@ def proxyService(
         reactor = _reactor
     if sessionName is None:
         sessionName = defaultSessionName(imagesDir)
-    return ProxyService(reactor, local or localEndpoint(imagesDir, CAPTURE_SOCKET), connect, sessionName, verbose)
+    socket = REMOTE_PROXY_SOCKET if protocol == "remote" else CAPTURE_SOCKET
+    return ProxyService(
+        reactor, local or localEndpoint(imagesDir, socket), connect, sessionName, verbose, protocol, idleTimeout
+    )
 
 
 def defaultSessionName(imagesDir: str) -> str:

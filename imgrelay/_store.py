@@ -88,7 +88,7 @@ class Session:
         self.failure: Optional[str] = None
         self.images: dict[Key, Image] = {}
         self.snapshots: list[str] = []
-        self._arriving: set[Key] = set()
+        self._arriving: dict[Key, int] = {}
         self._waiters: dict[Key, list[Deferred[Optional[Image]]]] = {}
         self._snapshotWaiters: list[Deferred[Optional[list[str]]]] = []
         self._clock = clock
@@ -138,7 +138,20 @@ class Session:
         A new version of that image is on its way: requests for it wait for
         that version rather than take an earlier one.
         """
-        self._arriving.add((snapshotId, name))
+        key = (snapshotId, name)
+        self._arriving[key] = self._arriving.get(key, 0) + 1
+
+    def notArriving(self, snapshotId: str, name: str) -> None:
+        """
+        Undo one L{arriving}: that version will not come (or is announced
+        again).
+        """
+        key = (snapshotId, name)
+        left = self._arriving.get(key, 0) - 1
+        if left > 0:
+            self._arriving[key] = left
+        else:
+            self._arriving.pop(key, None)
 
     def addVerified(self, image: Image) -> None:
         """
@@ -146,8 +159,11 @@ class Session:
         everyone waiting for it.
         """
         key = (image.snapshotId, image.name)
-        self._arriving.discard(key)
         self.images[key] = image
+        self.notArriving(*key)
+        if key in self._arriving:
+            # A later version is still on its way: requests wait for it.
+            return
         for d in self._waiters.pop(key, []):
             d.callback(image)
 

@@ -18,11 +18,24 @@ from twisted.python.failure import Failure
 
 from imgrelay._cache import CacheService, cacheService
 from imgrelay._exit import stopWithStatus
-from imgrelay._proxy import ProxyService, defaultSessionName, proxyService
+from imgrelay._proxy import PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
 
 log = Logger(namespace="imgrelay")
+
+
+def _protocol(value: str) -> str:
+    if value not in PROTOCOLS:
+        raise ValueError(f"{value!r} is not one of: {', '.join(PROTOCOLS)}")
+    return value
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return seconds
 
 
 def _imagesDir(value: str) -> str:
@@ -32,6 +45,10 @@ def _imagesDir(value: str) -> str:
 
 
 class _Options(usage.Options):
+    optParameters = [
+        ["protocol", "p", "stream", "CRIU's local protocol: stream (criu --stream) or remote (criu --remote).", _protocol],
+        ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
+    ]
     optFlags = [
         ["oneshot", None, "Serve one session, then exit: 0 if it succeeded, 1 if not."],
         ["verbose", "v", "Log every image (by default only images of 1 MiB or more get a line)."],
@@ -139,7 +156,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     """
     service = proxyService(
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
-        bool(options["verbose"]),
+        bool(options["verbose"]), options["protocol"], options["idle-timeout"],
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -166,7 +183,8 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
 
         reactor = _reactor
     service = cacheService(
-        options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"])
+        options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
+        options["protocol"], options["idle-timeout"],
     )
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))

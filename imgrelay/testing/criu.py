@@ -18,7 +18,7 @@ import struct
 from importlib import resources
 from typing import Any, Iterable, Iterator, Optional
 
-from imgrelay._pb.criu_pb2 import StreamReply, StreamRequest
+from imgrelay._pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord, StreamReply, StreamRequest
 
 #: How much the client writes or reads at once.
 BLOCK = 1 << 20
@@ -211,6 +211,139 @@ class StreamRestorer:
         End the restore: close the socket.
         """
         self.sock.close()
+
+
+O_RDONLY, O_WRONLY, O_APPEND = 0, 1, 1024
+ENOENT = 2
+
+
+def _recvFrame(sock: socket.socket) -> Optional[bytes]:
+    head = b""
+    while len(head) < 4:
+        more = sock.recv(4 - len(head))
+        if not more:
+            if head:
+                raise ConnectionError("socket closed inside a length prefix")
+            return None
+        head += more
+    (length,) = struct.unpack("<I", head)
+    return _recvExactly(sock, length)
+
+
+class RemoteClient:
+    """
+    The C{criu dump|pre-dump|restore --remote} side: a new connection per
+    image operation on C{img-proxy.sock} or C{img-cache.sock}.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: The daemon's socket.
+        """
+        self.path = path
+
+    def _open(self, snapshotId: str, name: str, mode: int) -> socket.socket:
+        sock = connect(self.path)
+        sock.sendall(frame(LocalImageHeader(name=name, snapshot_id=snapshotId, open_mode=mode)))
+        return sock
+
+    def openWrite(self, snapshotId: str, name: str, append: bool = False) -> int:
+        """
+        Begin writing an image through a pipe (C{snapshotId} must not be
+        empty); the socket is closed once the pipe is passed, as CRIU does.
+
+        @return: The pipe's write end.
+        """
+        sock = self._open(snapshotId, name, O_APPEND if append else O_WRONLY)
+        r, w = os.pipe()
+        passFd(sock, r)
+        os.close(r)
+        sock.close()
+        return w
+
+    def write(self, snapshotId: str, name: str, data: bytes, append: bool = False) -> None:
+        """
+        Write a whole image: through a pipe when C{snapshotId} is not
+        empty, on the socket itself when it is.
+        """
+        if snapshotId:
+            w = self.openWrite(snapshotId, name, append)
+            try:
+                writeAll(w, data)
+            finally:
+                os.close(w)
+            return
+        sock = self._open(snapshotId, name, O_APPEND if append else O_WRONLY)
+        sock.sendall(data)
+        sock.close()
+
+    def read(self, snapshotId: str, name: str) -> Optional[bytes]:
+        """
+        Read a whole image.
+
+        @return: Its content, or None for ENOENT.
+        """
+        sock = self._open(snapshotId, name, O_RDONLY)
+        try:
+            body = _recvFrame(sock)
+            if body is None:
+                raise ConnectionError(f"no reply for {name}")
+            error = LocalReply.FromString(body).error
+            if error == ENOENT:
+                return None
+            if error:
+                raise OSError(error, f"reading {name}")
+            if not snapshotId:
+                pieces: list[bytes] = []
+                while True:
+                    data = sock.recv(BLOCK)
+                    if not data:
+                        return b"".join(pieces)
+                    pieces.append(data)
+            r, w = os.pipe()
+            passFd(sock, w)
+            os.close(w)
+        finally:
+            sock.close()
+        try:
+            return readAll(r)
+        finally:
+            os.close(r)
+
+    def pushParent(self, snapshotId: str) -> None:
+        """
+        Push a snapshot id onto the snapshot list.
+        """
+        sock = self._open("", "parent", O_APPEND)
+        sock.sendall(frame(SnapshotIdRecord(snapshot_id=snapshotId)))
+        sock.close()
+
+    def readParents(self) -> Optional[list[str]]:
+        """
+        @return: The snapshot list, or None for ENOENT.
+        """
+        sock = self._open("", "parent", O_RDONLY)
+        try:
+            body = _recvFrame(sock)
+            if body is None or LocalReply.FromString(body).error:
+                return None
+            ids: list[str] = []
+            while True:
+                record = _recvFrame(sock)
+                if record is None:
+                    return ids
+                ids.append(SnapshotIdRecord.FromString(record).snapshot_id)
+        finally:
+            sock.close()
+
+    def finish(self, mode: int) -> None:
+        """
+        Send FINISH: C{O_WRONLY} from a dump, C{O_RDONLY} from a restore.
+        """
+        sock = self._open("", "", mode)
+        # The daemon closes without a reply.
+        sock.recv(1)
+        sock.close()
 
 
 def traceDir() -> str:
