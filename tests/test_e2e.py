@@ -126,3 +126,52 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(cache.wait(), 1)
         self.assertIn(f"imgrelay-cache: cannot listen on 127.0.0.1:{self.port}", cache.log())
         self.assertNotIn("Traceback", cache.log())
+
+
+class RemoteEndToEndTests(SynchronousTestCase):
+    """
+    An iterative migration through the twistd plugins in C{--protocol
+    remote}.
+    """
+
+    def test_predumpsAndDump(self) -> None:
+        """
+        Two pre-dumps and a final dump through C{twistd imgrelay-proxy} and
+        C{twistd imgrelay-cache} with C{--protocol remote --oneshot}: the
+        restore reads every snapshot's images and the snapshot list, its
+        FINISH ends the cache, and both exit 0.
+        """
+        base = tempfile.mkdtemp(prefix="imgrelay-e2e-remote-")
+        dumpDir, restoreDir = os.path.join(base, "dump"), os.path.join(base, "restore")
+        os.mkdir(dumpDir)
+        os.mkdir(restoreDir)
+        port = freePort()
+        cache = Daemon("imgrelay-cache", ["--protocol", "remote", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                                          "--images-dir", restoreDir, "--oneshot"], os.path.join(base, "cache.log"))
+        self.addCleanup(cache.stop)
+        proxy = Daemon("imgrelay-proxy", ["--protocol", "remote", "--connect", f"tcp:host=127.0.0.1:port={port}",
+                                          "--images-dir", dumpDir, "--oneshot"], os.path.join(base, "proxy.log"))
+        self.addCleanup(proxy.stop)
+        cache.waitFor(path=os.path.join(restoreDir, "img-cache.sock"))
+        proxy.waitFor(path=os.path.join(dumpDir, "img-proxy.sock"))
+        dump = criu.RemoteClient(os.path.join(dumpDir, "img-proxy.sock"))
+        images = {}
+        for i, snapshot in enumerate(["/mig/d1", "/mig/d2", "/mig/d3"]):
+            dump.pushParent(snapshot)
+            images[(snapshot, "pages-1.img")] = criu.patternBytes(snapshot, (8 << 20) + i)
+            images[(snapshot, "pagemap-1.img")] = os.urandom(200)
+            if snapshot == "/mig/d3":
+                images[(snapshot, "pstree.img")] = os.urandom(64)
+                images[(snapshot, "inventory.img")] = os.urandom(86)
+            for (s, name), content in images.items():
+                if s == snapshot:
+                    dump.write(s, name, content)
+            dump.finish(criu.O_WRONLY)
+        self.assertEqual(proxy.wait(), 0, proxy.log())
+        restore = criu.RemoteClient(os.path.join(restoreDir, "img-cache.sock"))
+        self.assertEqual(restore.readParents(), ["/mig/d1", "/mig/d2", "/mig/d3"])
+        for (snapshot, name), content in images.items():
+            self.assertEqual(restore.read(snapshot, name), content, (snapshot, name))
+        self.assertIsNone(restore.read("/mig/d3", "memfd.img"))
+        restore.finish(criu.O_RDONLY)
+        self.assertEqual(cache.wait(), 0, cache.log())

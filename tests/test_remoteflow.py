@@ -218,3 +218,47 @@ class IterativeMigrationTests(TestCase):
         await deferToThread(writeAll, w, b"written while read")
         os.close(w)
         self.assertEqual(await reading, b"written while read")
+
+    async def test_secondWriteOfLargeImage(self) -> None:
+        """
+        A second write of an image of more than 4 KiB replaces it whole
+        (CRIU's daemons appended it, or dropped it past 4 KiB).
+        """
+        relay = await RemoteRelay(self).start()
+        first, second = patternBytes("v1", 9000), patternBytes("v2", 10000)
+
+        def dump() -> Any:
+            relay.dump.write("/mig/d1", "pages-1.img", first)
+            relay.dump.write("/mig/d1", "pages-1.img", second)
+            relay.dump.write("/mig/d1", "pstree.img", b"t")
+            back = relay.dump.read("/mig/d1", "pages-1.img")
+            relay.dump.finish(O_WRONLY)
+            return back
+
+        self.assertEqual(await deferToThread(dump), second)
+        await relay.waitFor(lambda: relay.outcomes)
+        self.assertEqual(await deferToThread(relay.restore.read, "/mig/d1", "pages-1.img"), second)
+
+    async def test_concurrentPipes(self) -> None:
+        """
+        Several pipes written at once, in interleaved pieces, each arrive
+        whole.
+        """
+        relay = await RemoteRelay(self).start()
+        contents = {f"pages-{i}.img": patternBytes(f"c{i}", 300000 + i) for i in range(6)}
+
+        def dump() -> None:
+            pipes = {n: relay.dump.openWrite("/mig/d1", n) for n in contents}
+            for start in range(0, 300006, 50000):
+                for name, w in pipes.items():
+                    writeAll(w, contents[name][start : start + 50000])
+            for w in pipes.values():
+                os.close(w)
+            relay.dump.write("/mig/d1", "pstree.img", b"t")
+            relay.dump.finish(O_WRONLY)
+
+        await deferToThread(dump)
+        await relay.waitFor(lambda: relay.outcomes)
+        self.assertIsInstance(relay.outcomes[0], SessionOutcome)
+        got = await deferToThread(lambda: {n: relay.restore.read("/mig/d1", n) for n in contents})
+        self.assertEqual(got, contents)
