@@ -21,6 +21,7 @@ from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import CacheRemoteBackend
 from imgrelay._store import Session, SessionSlot
 from imgrelay._streamserve import StreamServeFactory
+from imgrelay._tls import TLSFiles, serverService
 
 #: The socket C{criu restore --stream -D DIR} connects to, inside DIR.
 SERVE_SOCKET = "streamer-serve.sock"
@@ -40,7 +41,7 @@ class CacheService(MultiService):
 
     def __init__(
         self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
-        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -50,6 +51,10 @@ class CacheService(MultiService):
         @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
         @param idleTimeout: With C{"remote"}, how long a local connection
             may take to send its header and pipe.
+        @param tls: Certificate, key and CA for a mutually authenticated TLS
+            link: only proxies certified by that CA get in. None for plain
+            TCP.
+        @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -57,7 +62,10 @@ class CacheService(MultiService):
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
         self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose)
-        self._link = strports.service(listen, self._linkFactory, reactor=reactor)
+        if tls is None:
+            self._link = strports.service(listen, self._linkFactory, reactor=reactor)
+        else:
+            self._link = serverService(reactor, listen, self._linkFactory, tls)
         self._link.setServiceParent(self)
         factory: Factory
         if protocol == "remote":
@@ -115,6 +123,7 @@ def cacheService(
     verbose: bool = False,
     protocol: str = "stream",
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+    tls: Optional[TLSFiles] = None,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -130,6 +139,8 @@ def cacheService(
         C{imagesDir/img-cache.sock}).
     @param idleTimeout: With C{"remote"}, how long a local connection may
         take to send its header and pipe.
+    @param tls: Certificate, key and CA (L{TLSFiles}) for a mutually
+        authenticated TLS link; None for plain TCP.
     @return: The service.
     """
     if reactor is None:
@@ -137,4 +148,6 @@ def cacheService(
 
         reactor = _reactor
     socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
-    return CacheService(reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout)
+    return CacheService(
+        reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout, tls
+    )

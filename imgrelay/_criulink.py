@@ -343,6 +343,8 @@ class CriuLinkReceiver(Protocol):
         A clean EOF between images completes the session; an EOF inside a
         header or an image, or a broken connection, fails it.
         """
+        if isinstance(self.factory, CriuLinkReceiverFactory):
+            self.factory.links.discard(self)
         session = self.session
         if session is None or session.final:
             return
@@ -390,9 +392,16 @@ class CriuLinkReceiverFactory(Factory):
     def __init__(self, slot: SessionSlot, verbose: bool = False) -> None:
         self.slot = slot
         self.verbose = verbose
+        self.links: set[CriuLinkReceiver] = set()
+
+    def abortAll(self) -> None:
+        """Reset every link (the cache is stopping): sessions not complete fail."""
+        for link in list(self.links):
+            link.transport.abortConnection()  # type: ignore[union-attr]
 
     def buildProtocol(self, addr: object) -> CriuLinkReceiver:
         """@return: A receiver for one link."""
         p = CriuLinkReceiver(self.slot, self.verbose)
         p.factory = self
+        self.links.add(p)
         return p

@@ -5,8 +5,8 @@ image, filled in place.
 
 The link receiver asks for L{ImageData.writable} space and receives straight
 into it (C{recv_into}), so a byte arriving from the network is copied once,
-by the kernel. The first block fits the first piece (4 to
-64 KiB), then blocks double from 64 KiB up to 8 MiB; from 1 MiB on they
+by the kernel. The first block fits the first piece (up to
+64 KiB), then blocks double up to 8 MiB; from 1 MiB on they
 are anonymous mappings populated in bulk (C{MAP_POPULATE}), which the
 kernel faults in about twice as fast as memory touched page by page. When
 an image closes, the unused end of its last block is given back.
@@ -17,9 +17,8 @@ from __future__ import annotations
 import mmap
 from typing import Union
 
-#: The smallest first block, and the largest: an image's first block is
-#: the size of its first piece within these bounds.
-SMALLEST_BLOCK = 4 << 10
+#: The largest first block: an image's first block is the size of its first
+#: piece, up to this.
 FIRST_BLOCK = 64 << 10
 
 #: Blocks stop growing at this size.
@@ -81,12 +80,10 @@ class ImageData:
         if self._closed:
             raise ValueError("image data is closed")
         if not self._blocks or self._fill == len(self._blocks[-1]):
-            if self.size:
-                size = min(max(FIRST_BLOCK, self.size), MAX_BLOCK)
-            else:
-                # Most images are small: the first block fits the first
-                # piece (at least a page), up to FIRST_BLOCK.
-                size = min(max(wanted, SMALLEST_BLOCK), FIRST_BLOCK)
+            # A block as large as what the image holds already (so blocks
+            # double), at least the piece coming up to FIRST_BLOCK (so a
+            # small image takes what it needs), at most MAX_BLOCK.
+            size = min(max(self.size, min(wanted, FIRST_BLOCK), 1), MAX_BLOCK)
             self._blocks.append(_allocate(size))
             self._fill = 0
         block = self._blocks[-1]

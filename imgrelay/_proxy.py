@@ -21,6 +21,7 @@ from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import ProxyRemoteBackend
 from imgrelay._streamcapture import StreamCaptureFactory
+from imgrelay._tls import TLSFiles, clientEndpoint, hostOf
 
 #: The socket C{criu dump --stream -D DIR} connects to, inside DIR.
 CAPTURE_SOCKET = "streamer-capture.sock"
@@ -64,6 +65,8 @@ class ProxyService(MultiService):
         verbose: bool = False,
         protocol: str = "stream",
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+        tls: Optional[TLSFiles] = None,
+        tlsHostname: Optional[str] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -74,6 +77,12 @@ class ProxyService(MultiService):
         @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
         @param idleTimeout: With C{"remote"}, how long a local connection
             may take to send its header and pipe.
+        @param tls: Certificate, key and CA for a mutually authenticated TLS
+            link; None for plain TCP.
+        @param tlsHostname: The name the cache's certificate must carry; by
+            default the host of C{connect}.
+        @raise ValueError: For an unknown protocol, unreadable TLS files, or
+            no host name to check the cache's certificate against.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -84,9 +93,15 @@ class ProxyService(MultiService):
         if isinstance(connect, str):
             self.connectDescription = connect
             self._connect: IStreamClientEndpoint = clientFromString(reactor, connect)
+            tlsHostname = tlsHostname or hostOf(connect)
         else:
             self.connectDescription = repr(connect)
             self._connect = connect
+        if tls is not None:
+            if not tlsHostname:
+                raise ValueError("TLS needs the cache's host name to check its certificate against")
+            self._connect = clientEndpoint(self._connect, tlsHostname, tls)
+            self.connectDescription += f" (TLS, expecting {tlsHostname})"
         self.sessionName = sessionName
         self._observers: list[SessionObserver] = []
         self.sessions: set[ProxySession] = set()
@@ -129,7 +144,7 @@ class ProxyService(MultiService):
         d.addErrback(
             lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
         )
-        session.result.addBoth(self._ended, session)
+        session.addOverObserver(lambda result: self._ended(result, session))
         return session
 
     def _ended(self, result: Union[SessionOutcome, Failure], session: ProxySession) -> None:
@@ -147,6 +162,8 @@ def proxyService(
     verbose: bool = False,
     protocol: str = "stream",
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+    tls: Optional[TLSFiles] = None,
+    tlsHostname: Optional[str] = None,
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -165,6 +182,10 @@ def proxyService(
         (C{criu dump --remote}, on C{imagesDir/img-proxy.sock}).
     @param idleTimeout: With C{"remote"}, how long a local connection may
         take to send its header and pipe.
+    @param tls: Certificate, key and CA (L{TLSFiles}) for a mutually
+        authenticated TLS link; None for plain TCP.
+    @param tlsHostname: The name the cache's certificate must carry; by
+        default the host of C{connect}.
     @return: The service.
     """
     if reactor is None:
@@ -175,7 +196,8 @@ def proxyService(
         sessionName = defaultSessionName(imagesDir)
     socket = REMOTE_PROXY_SOCKET if protocol == "remote" else CAPTURE_SOCKET
     return ProxyService(
-        reactor, local or localEndpoint(imagesDir, socket), connect, sessionName, verbose, protocol, idleTimeout
+        reactor, local or localEndpoint(imagesDir, socket), connect, sessionName, verbose, protocol, idleTimeout,
+        tls, tlsHostname,
     )
 
 

@@ -139,10 +139,14 @@ class ProxyLinkProtocol(Protocol):
         """
         Dispatch the cache's answers to the session.
         """
+        if self._closed:
+            return
         try:
             for event in self._framer.feed(data):
                 if isinstance(event, HeaderReceived):
                     self._handle(event.message)
+                if self._closed:
+                    return
         except FramingError as e:
             self.session.failed(f"cache sent malformed data: {e}")
             self._close()

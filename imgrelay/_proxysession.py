@@ -10,12 +10,13 @@ protocol) and is told what the cache answered.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from imgrelay._errors import SessionError
@@ -118,7 +119,9 @@ class ProxySession:
 
     @ivar ready: Fires once the cache accepted the session.
     @ivar result: Fires with a L{SessionOutcome} once the cache confirmed
-        the final handshake, or fails with L{SessionError}.
+        the final handshake, or fails with L{SessionError}: for the one
+        local side that drives the session, which must handle the failure.
+        Others watch with L{addOverObserver}.
     @ivar paused: Whether the image producers are held (link not accepted
         yet, or its send buffer full).
     """
@@ -153,6 +156,7 @@ class ProxySession:
         self._doneSent = False
         self._over = False
         self._started = clock()
+        self._overObservers: list[Callable[[Union[SessionOutcome, Failure]], None]] = []
 
     # Calls from the local (CRIU) side.
 
@@ -268,6 +272,11 @@ class ProxySession:
         """
         The cache accepted the session on C{link}.
         """
+        if self._over:
+            return
+        if self._link is not None:
+            self._fail("the cache accepted the session twice")
+            return
         self._link = link
         self.log.info("session {session}: cache accepted the link", session=self.name)
         self.ready.callback(None)
@@ -294,6 +303,8 @@ class ProxySession:
         """
         The cache confirmed the final handshake.
         """
+        if self._over:
+            return
         if not self._doneSent or self._unacked:
             self._fail("cache confirmed a final handshake that was not complete")
             return
@@ -307,6 +318,7 @@ class ProxySession:
             session=self.name, images=outcome.images, bytes=total, seconds=seconds,
             rate=_rate(total, seconds),
         )
+        self._tellObservers(outcome)
         self.result.callback(outcome)
 
     def failed(self, reason: str) -> None:
@@ -316,6 +328,19 @@ class ProxySession:
         """
         self._fail(reason)
 
+    def addOverObserver(self, observer: Callable[[Union[SessionOutcome, Failure]], None]) -> None:
+        """
+        Call C{observer} with the L{SessionOutcome}, or the L{Failure} with
+        L{SessionError}, when the session is over; unlike L{result}, any
+        number of observers may watch.
+        """
+        self._overObservers.append(observer)
+
+    def _tellObservers(self, result: Union[SessionOutcome, Failure]) -> None:
+        observers, self._overObservers = self._overObservers, []
+        for observer in observers:
+            observer(result)
+
     def _fail(self, reason: str) -> None:
         if self._over:
             return
@@ -324,6 +349,7 @@ class ProxySession:
         error = SessionError(reason)
         if not self.ready.called:
             self.ready.errback(error)
+        self._tellObservers(Failure(error))
         self.result.errback(error)
 
     @property

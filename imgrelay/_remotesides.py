@@ -82,6 +82,9 @@ class ProxyRemoteBackend:
             self._readyResult = None
             self._writing = {}
             session.ready.addBoth(self._readyFired, session)
+            # Its end is logged and reported to the service's observers;
+            # each local connection learns of a failure on its own.
+            session.result.addErrback(lambda failure: None)
         return session
 
     @property

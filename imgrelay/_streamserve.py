@@ -47,6 +47,7 @@ class StreamServeProtocol(Protocol):
         self._gone = False
         self._detached = False
         self._parsing = False
+        self._failed = False
         self.session: Optional[Session] = None
         self.served = 0
 
@@ -71,12 +72,17 @@ class StreamServeProtocol(Protocol):
         """
         A pipe arrived, for the image just answered.
         """
-        self._fds.append(descriptor)
+        if self._failed:
+            os.close(descriptor)
+        else:
+            self._fds.append(descriptor)
 
     def dataReceived(self, data: bytes) -> None:
         """
         Parse requests and pipes.
         """
+        if self._failed:
+            return
         self._parsing = True
         try:
             for event in self._framer.feed(data):
@@ -89,6 +95,9 @@ class StreamServeProtocol(Protocol):
                     self._startWriting()
         except (FramingError, BadName) as e:
             self.log.error("restore connection: {reason}", reason=str(e))
+            self._failed = True
+            while self._fds:
+                os.close(self._fds.popleft())
             self._transport().loseConnection()
         finally:
             self._parsing = False

@@ -21,6 +21,7 @@ from imgrelay._exit import stopWithStatus
 from imgrelay._proxy import PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
+from imgrelay._tls import TLSFiles, hostOf, load
 
 log = Logger(namespace="imgrelay")
 
@@ -46,6 +47,9 @@ def _imagesDir(value: str) -> str:
 
 class _Options(usage.Options):
     optParameters = [
+        ["tls-cert", None, None, "PEM certificate of this daemon, for a TLS link with mutual authentication."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None, "PEM certificate of the CA that signs the peer's certificate."],
         ["protocol", "p", "stream", "CRIU's local protocol: stream (criu --stream) or remote (criu --remote).", _protocol],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
@@ -57,6 +61,17 @@ class _Options(usage.Options):
     def postOptions(self) -> None:
         if self["images-dir"] is None:
             raise usage.UsageError("--images-dir is required: the directory given to CRIU with -D")
+        given = [self[k] is not None for k in ("tls-cert", "tls-key", "tls-ca")]
+        self["tls"] = None
+        if any(given):
+            if not all(given):
+                raise usage.UsageError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+            files = TLSFiles(self["tls-cert"], self["tls-key"], self["tls-ca"])
+            try:
+                load(files)
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+            self["tls"] = files
 
 
 class ProxyOptions(_Options):
@@ -74,6 +89,7 @@ class ProxyOptions(_Options):
         ["connect", "c", None, "Client endpoint of the cache's link, e.g. tcp:host=dest:port=7070."],
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-capture.sock."],
         ["session", None, None, "Session name sent to the cache (default: HOST:DIR)."],
+        ["tls-hostname", None, None, "With TLS: the name the cache's certificate must carry (default: --connect's host)."],
     ]
 
     def postOptions(self) -> None:
@@ -88,6 +104,8 @@ class ProxyOptions(_Options):
             _checkEndpoint(serverFromString, self["local"], "--local")
         if self["session"] is None:
             self["session"] = defaultSessionName(self["images-dir"])
+        if self["tls"] is not None and not (self["tls-hostname"] or hostOf(self["connect"])):
+            raise usage.UsageError("with TLS, give --tls-hostname: the name the cache's certificate carries")
 
 
 class CacheOptions(_Options):
@@ -157,6 +175,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     service = proxyService(
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
+        options["tls"], options["tls-hostname"],
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -184,7 +203,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         reactor = _reactor
     service = cacheService(
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
-        options["protocol"], options["idle-timeout"],
+        options["protocol"], options["idle-timeout"], options["tls"],
     )
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))

@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay._imagedata import FIRST_BLOCK, MAPPED_BLOCK, MAX_BLOCK, SMALLEST_BLOCK, ImageData
+from imgrelay._imagedata import FIRST_BLOCK, MAPPED_BLOCK, MAX_BLOCK, ImageData
 
 
 class ImageDataTests(SynchronousTestCase):
@@ -27,8 +27,8 @@ class ImageDataTests(SynchronousTestCase):
 
     def test_appendSmallPieces(self) -> None:
         """
-        Small appends fill a first block of L{SMALLEST_BLOCK} (the first
-        piece is smaller than that), then one of L{FIRST_BLOCK}.
+        Small appends fill blocks that double from the first piece's size:
+        the image holds about twice its size at most.
         """
         data = ImageData()
         expected = b"".join(bytes([i % 251]) * 7 for i in range(1000))
@@ -36,16 +36,17 @@ class ImageDataTests(SynchronousTestCase):
             data.append(bytes([i % 251]) * 7)
         self.assertEqual(data.size, 7000)
         self.assertEqual(data.tobytes(), expected)
-        self.assertEqual([len(p) for p in data.pieces], [SMALLEST_BLOCK, 7000 - SMALLEST_BLOCK])
-        self.assertEqual([len(b) for b in data._blocks], [SMALLEST_BLOCK, FIRST_BLOCK])
+        self.assertEqual(sum(len(p) for p in data.pieces), 7000)
+        sizes = [len(b) for b in data._blocks]
+        self.assertEqual(sizes[:4], [7, 7, 14, 28])
+        self.assertLessEqual(sum(sizes), 2 * 7000)
 
     def test_firstBlockFitsFirstPiece(self) -> None:
         """
-        The first block is as large as the first piece, within
-        L{SMALLEST_BLOCK} and L{FIRST_BLOCK}: a small image costs a page,
-        not a whole block.
+        The first block is as large as the first piece, up to
+        L{FIRST_BLOCK}: a small image costs its size, not a whole block.
         """
-        for first, expected in [(100, SMALLEST_BLOCK), (10000, 10000), (1 << 20, FIRST_BLOCK)]:
+        for first, expected in [(100, 100), (10000, 10000), (1 << 20, FIRST_BLOCK)]:
             data = ImageData()
             data.writable(first)
             self.assertEqual(len(data._blocks[0]), expected)
