@@ -16,7 +16,8 @@ from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
-from imgrelay._proxy import PROTOCOLS, localEndpoint
+from imgrelay._criulink import CriuLinkReceiverFactory
+from imgrelay._proxy import LINKS, PROTOCOLS, localEndpoint
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import CacheRemoteBackend
 from imgrelay._store import Session, SessionSlot
@@ -42,6 +43,7 @@ class CacheService(MultiService):
     def __init__(
         self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
+        link: str = "imgrelay",
     ) -> None:
         """
         @param reactor: The reactor.
@@ -54,14 +56,22 @@ class CacheService(MultiService):
         @param tls: Certificate, key and CA for a mutually authenticated TLS
             link: only proxies certified by that CA get in. None for plain
             TCP.
+        @param link: C{"imgrelay"}, or C{"criu"} to accept a CRIU
+            image-proxy's format (nothing can be verified).
         @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
+        if link not in LINKS:
+            raise ValueError(f"unknown link format {link!r}")
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
         self.slot = SessionSlot(self._consumed, reactor.seconds)
-        self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose)
+        self._linkFactory: "CacheLinkFactory | CriuLinkReceiverFactory"
+        if link == "criu":
+            self._linkFactory = CriuLinkReceiverFactory(self.slot, verbose)
+        else:
+            self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose)
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         else:
@@ -124,6 +134,7 @@ def cacheService(
     protocol: str = "stream",
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     tls: Optional[TLSFiles] = None,
+    link: str = "imgrelay",
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -141,6 +152,9 @@ def cacheService(
         take to send its header and pipe.
     @param tls: Certificate, key and CA (L{TLSFiles}) for a mutually
         authenticated TLS link; None for plain TCP.
+    @param link: C{"imgrelay"} (the default), or C{"criu"} to accept a CRIU
+        image-proxy's format: the images are taken as complete when their
+        announced size arrived, and nothing is verified.
     @return: The service.
     """
     if reactor is None:
@@ -149,5 +163,5 @@ def cacheService(
         reactor = _reactor
     socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
     return CacheService(
-        reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout, tls
+        reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout, tls, link
     )

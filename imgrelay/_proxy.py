@@ -12,10 +12,11 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imgrelay._criulink import CriuLinkSenderFactory
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
@@ -31,6 +32,9 @@ REMOTE_PROXY_SOCKET = "img-proxy.sock"
 
 #: CRIU's local protocols.
 PROTOCOLS = ("stream", "remote")
+
+#: Link formats: imgrelay's own, or CRIU's image-proxy to image-cache.
+LINKS = ("imgrelay", "criu")
 
 
 def localEndpoint(imagesDir: str, socketName: str) -> str:
@@ -67,6 +71,7 @@ class ProxyService(MultiService):
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
         tls: Optional[TLSFiles] = None,
         tlsHostname: Optional[str] = None,
+        link: str = "imgrelay",
     ) -> None:
         """
         @param reactor: The reactor.
@@ -81,11 +86,16 @@ class ProxyService(MultiService):
             link; None for plain TCP.
         @param tlsHostname: The name the cache's certificate must carry; by
             default the host of C{connect}.
+        @param link: C{"imgrelay"}, or C{"criu"} to feed a CRIU image-cache
+            in its own format (no acknowledgement, no checksum).
         @raise ValueError: For an unknown protocol, unreadable TLS files, or
             no host name to check the cache's certificate against.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
+        if link not in LINKS:
+            raise ValueError(f"unknown link format {link!r}")
+        self.link = link
         self.verbose = verbose
         self.protocol = protocol
         MultiService.__init__(self)
@@ -140,7 +150,12 @@ class ProxyService(MultiService):
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
         )
-        d = self._connect.connect(ProxyLinkFactory(session, self._reactor))
+        factory: ClientFactory
+        if self.link == "criu":
+            factory = CriuLinkSenderFactory(session)
+        else:
+            factory = ProxyLinkFactory(session, self._reactor)
+        d = self._connect.connect(factory)
         d.addErrback(
             lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
         )
@@ -164,6 +179,7 @@ def proxyService(
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     tls: Optional[TLSFiles] = None,
     tlsHostname: Optional[str] = None,
+    link: str = "imgrelay",
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -186,6 +202,9 @@ def proxyService(
         authenticated TLS link; None for plain TCP.
     @param tlsHostname: The name the cache's certificate must carry; by
         default the host of C{connect}.
+    @param link: C{"imgrelay"} (the default), or C{"criu"} to feed a CRIU
+        image-cache in its own format: no acknowledgements, no final
+        handshake, no checksums.
     @return: The service.
     """
     if reactor is None:
@@ -197,7 +216,7 @@ def proxyService(
     socket = REMOTE_PROXY_SOCKET if protocol == "remote" else CAPTURE_SOCKET
     return ProxyService(
         reactor, local or localEndpoint(imagesDir, socket), connect, sessionName, verbose, protocol, idleTimeout,
-        tls, tlsHostname,
+        tls, tlsHostname, link,
     )
 
 

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from imgrelay._cache import CacheService, cacheService
 from imgrelay._exit import stopWithStatus
-from imgrelay._proxy import PROTOCOLS, ProxyService, defaultSessionName, proxyService
+from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
 from imgrelay._tls import TLSFiles, hostOf, load
@@ -29,6 +29,12 @@ log = Logger(namespace="imgrelay")
 def _protocol(value: str) -> str:
     if value not in PROTOCOLS:
         raise ValueError(f"{value!r} is not one of: {', '.join(PROTOCOLS)}")
+    return value
+
+
+def _link(value: str) -> str:
+    if value not in LINKS:
+        raise ValueError(f"{value!r} is not one of: {', '.join(LINKS)}")
     return value
 
 
@@ -51,6 +57,8 @@ class _Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-ca", None, None, "PEM certificate of the CA that signs the peer's certificate."],
         ["protocol", "p", "stream", "CRIU's local protocol: stream (criu --stream) or remote (criu --remote).", _protocol],
+        ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
+         "no acknowledgements, no final handshake, no checksums).", _link],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
     optFlags = [
@@ -175,7 +183,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     service = proxyService(
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
-        options["tls"], options["tls-hostname"],
+        options["tls"], options["tls-hostname"], options["link"],
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -203,7 +211,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         reactor = _reactor
     service = cacheService(
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
-        options["protocol"], options["idle-timeout"], options["tls"],
+        options["protocol"], options["idle-timeout"], options["tls"], options["link"],
     )
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))

@@ -29,8 +29,9 @@ class RemoteRelay:
     A proxy and a cache in C{--protocol remote}, linked over TCP.
     """
 
-    def __init__(self, case: TestCase) -> None:
+    def __init__(self, case: TestCase, link: str = "imgrelay") -> None:
         self.case = case
+        self.link = link
         base = tempfile.mkdtemp(prefix="imgrelay-remote-")
         self.dumpDir = os.path.join(base, "dump")
         self.restoreDir = os.path.join(base, "restore")
@@ -44,7 +45,7 @@ class RemoteRelay:
     async def start(self) -> "RemoteRelay":
         self.cache = CacheService(
             reactor, "tcp:0:interface=127.0.0.1", localEndpoint(self.restoreDir, REMOTE_CACHE_SOCKET),
-            protocol="remote",
+            protocol="remote", link=self.link,
         )
         self.cache.addSessionObserver(self.released.append)
         self.cache.startService()
@@ -53,6 +54,7 @@ class RemoteRelay:
         self.proxy = ProxyService(
             reactor, localEndpoint(self.dumpDir, REMOTE_PROXY_SOCKET),
             f"tcp:host=127.0.0.1:port={address.port}", "remote-test", protocol="remote",  # type: ignore[attr-defined]
+            link=self.link,
         )
         self.proxy.addSessionObserver(self.outcomes.append)
         self.proxy.startService()
@@ -262,3 +264,42 @@ class IterativeMigrationTests(TestCase):
         self.assertIsInstance(relay.outcomes[0], SessionOutcome)
         got = await deferToThread(lambda: {n: relay.restore.read("/mig/d1", n) for n in contents})
         self.assertEqual(got, contents)
+
+
+class CriuLinkFormatTests(TestCase):
+    """
+    The proxy and the cache speaking CRIU's own proxy-to-cache format
+    (C{--link criu}), as each would with one of CRIU's daemons.
+    """
+
+    timeout = 60
+
+    async def test_iterativeMigration(self) -> None:
+        """
+        Pre-dump, dump and restore work over CRIU's format too: every image,
+        replaced and appended ones and an empty one included, and the
+        snapshot list arrive; the session completes when the link closes.
+        """
+        relay = await RemoteRelay(self, link="criu").start()
+
+        def dump() -> None:
+            predump(relay.dump, "/mig/d1", patternBytes("p1", 70000))
+            d = relay.dump
+            d.pushParent("/mig/d2")
+            d.write("/mig/d2", "empty.img", b"")
+            d.write("/mig/d2", "a.img", b"one")
+            d.write("/mig/d2", "a.img", b"two")
+            d.write("/mig/d2", "b.img", b"abc")
+            d.write("/mig/d2", "b.img", b"def", append=True)
+            d.write("/mig/d2", "pstree.img", b"tree")
+            d.finish(O_WRONLY)
+
+        await deferToThread(dump)
+        await relay.waitFor(lambda: relay.outcomes)
+        self.assertIsInstance(relay.outcomes[0], SessionOutcome)
+        r = relay.restore
+        got = await deferToThread(lambda: (
+            r.readParents(), r.read("/mig/d1", "pages-1.img"), r.read("/mig/d2", "empty.img"),
+            r.read("/mig/d2", "a.img"), r.read("/mig/d2", "b.img"), r.read("/mig/d2", "pstree.img"),
+        ))
+        self.assertEqual(got, (["/mig/d1", "/mig/d2"], patternBytes("p1", 70000), b"", b"two", b"abcdef", b"tree"))

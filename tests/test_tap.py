@@ -166,3 +166,25 @@ class ExitTests(SynchronousTestCase):
         self.patch(reactor, "stop", lambda: stopped.append(True))
         _exit.stopWithStatus(reactor, 0)
         self.assertEqual((stopped, self.registered), ([True], []))
+
+
+class ProtocolAndLinkOptionsTests(SynchronousTestCase):
+    """
+    C{--protocol}, C{--link} and C{--idle-timeout} are checked.
+    """
+
+    def test_values(self) -> None:
+        """
+        Known values are taken; others are refused naming the choices.
+        """
+        d = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, d)
+        options = CacheOptions()
+        options.parseOptions(["-D", d, "--listen", "tcp:0", "--protocol", "remote", "--link", "criu",
+                              "--idle-timeout", "2.5"])
+        self.assertEqual((options["protocol"], options["link"], options["idle-timeout"]), ("remote", "criu", 2.5))
+        defaults = ProxyOptions()
+        defaults.parseOptions(["-D", d, "--connect", "tcp:host=a:port=1"])
+        self.assertEqual((defaults["protocol"], defaults["link"], defaults["idle-timeout"]), ("stream", "imgrelay", 30.0))
+        for bad in (["--protocol", "nfs"], ["--link", "ftp"], ["--idle-timeout", "0"]):
+            self.assertRaises(UsageError, CacheOptions().parseOptions, ["-D", d, "--listen", "tcp:0", *bad])
