@@ -270,6 +270,9 @@ class CriuLinkReceiver(Protocol):
             self._closing = True
             self.transport.loseConnection()
             return
+        # CRIU's format says nothing of an image before it is whole, nor
+        # whether a later version follows: reads wait for the link's end.
+        self.session.readsWaitForEnd = True
         self.log.info("session {session}: CRIU-format link connected", session=name)
 
     def dataReceived(self, data: bytes) -> None:

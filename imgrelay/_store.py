@@ -96,6 +96,9 @@ class Session:
         self.ended: Optional[float] = None
         self.restores = 0
         self.consumed = False
+        #: Answer no read before the session is final (a link that cannot
+        #: tell when a later version of an image is coming).
+        self.readsWaitForEnd = False
         self._finalObservers: list[Callable[[Session], None]] = []
 
     @property
@@ -173,7 +176,7 @@ class Session:
         """
         key = (snapshotId, name)
         image = self.images.get(key)
-        if self.final or (image is not None and key not in self._arriving):
+        if self.final or (image is not None and key not in self._arriving and not self.readsWaitForEnd):
             return succeed(image)
         d: Deferred[Optional[Image]] = Deferred()
         self._waiters.setdefault(key, []).append(d)
@@ -213,9 +216,9 @@ class Session:
         self.state = state
         self.ended = self._clock()
         waiters, self._waiters = self._waiters, {}
-        for ds in waiters.values():
+        for key, ds in waiters.items():
             for d in ds:
-                d.callback(None)
+                d.callback(self.images.get(key))
         snapshotWaiters, self._snapshotWaiters = self._snapshotWaiters, []
         for s in snapshotWaiters:
             s.callback(list(self.snapshots) if state is SessionState.COMPLETE else None)

@@ -420,3 +420,30 @@ class SessionSlotTests(SynchronousTestCase):
         self.slot.detachRestore(restore)
         self.assertEqual(self.consumed, [old])
         self.assertIs(self.slot.current, new)
+
+
+class ReadsWaitForEndTests(SynchronousTestCase):
+    """
+    A session fed by a link that cannot announce later versions answers
+    reads only once it is final.
+    """
+
+    def test_waitsUntilComplete(self) -> None:
+        """
+        With C{readsWaitForEnd}, a read of a verified image waits until the
+        session completes, then gets the latest version; a read of an
+        image that never came gets None then.
+        """
+        session = Session()
+        session.readsWaitForEnd = True
+        session.addVerified(_image("a.img", b"first"))
+        present = session.waitImage("", "a.img")
+        absent = session.waitImage("", "b.img")
+        self.assertNoResult(present)
+        session.addVerified(_image("a.img", b"second"))
+        self.assertNoResult(present)
+        session.complete()
+        image = self.successResultOf(present)
+        assert image is not None
+        self.assertEqual(image.data.tobytes(), b"second")
+        self.assertIsNone(self.successResultOf(absent))
