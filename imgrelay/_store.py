@@ -164,8 +164,8 @@ class Session:
         key = (image.snapshotId, image.name)
         self.images[key] = image
         self.notArriving(*key)
-        if key in self._arriving:
-            # A later version is still on its way: requests wait for it.
+        if key in self._arriving or self.readsWaitForEnd:
+            # A later version is (or may be) on its way: requests wait.
             return
         for d in self._waiters.pop(key, []):
             d.callback(image)
