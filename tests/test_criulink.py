@@ -463,8 +463,8 @@ class CriuLinkReceiverTests(SynchronousTestCase):
 
     def test_arriving(self) -> None:
         """
-        A restore asking for an image whose header arrived waits until its
-        content is complete.
+        A restore asking for an image waits until the link ended: CRIU's
+        format cannot say whether a later version of it follows.
         """
         protocol, _ = self.connect()
         session = protocol.session
@@ -474,6 +474,8 @@ class CriuLinkReceiverTests(SynchronousTestCase):
         waiting = session.waitImage("s", "a.img")
         self.assertNoResult(waiting)
         protocol.dataReceived(data[-3:])
+        self.assertNoResult(waiting)
+        protocol.connectionLost(Failure(ConnectionDone()))
         got = self.successResultOf(waiting)
         assert got is not None
         self.assertEqual(got.data.tobytes(), b"content")
