@@ -17,6 +17,7 @@ from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._proxy import ProxyService, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
+from imgrelay._tls import TLSFiles
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "SessionError",
     "SessionOutcome",
     "SessionState",
+    "TLSFiles",
     "cacheService",
     "proxyService",
 ]
