@@ -15,7 +15,6 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgrelay._cachelink import CacheLinkProtocol
@@ -33,34 +32,7 @@ from imgrelay._pb import link_pb2
 from imgrelay._proxylink import ProxyLinkFactory, ProxyLinkProtocol
 from imgrelay._proxysession import ILinkSender, ProxySession, SessionOutcome
 from imgrelay._store import SessionSlot, SessionState
-
-
-@implementer(IPushProducer)
-class FakeProducer:
-    """
-    An L{IPushProducer} that records the calls made to it.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pauseProducing(self) -> None:
-        """
-        Record a pause.
-        """
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        """
-        Record a resume.
-        """
-        self.calls.append("resume")
-
-    def stopProducing(self) -> None:
-        """
-        Record a stop.
-        """
-        self.calls.append("stop")
+from tests.test_proxysession import FakeProducer
 
 
 def cacheBytes(**kwargs: Any) -> bytes:
