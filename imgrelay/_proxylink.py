@@ -6,7 +6,7 @@ to the cache, and reports the cache's answers back to the session.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -25,6 +25,7 @@ from imgrelay._linkwire import (
     frame,
 )
 from imgrelay._pb import link_pb2
+from imgrelay._pipes import BufferRing
 from imgrelay._proxysession import ILinkSender, ProxySession
 from imgrelay._senders import ISender, SocketSender, TransportSender
 
@@ -48,6 +49,7 @@ class ProxyLinkProtocol(Protocol):
         self._framer = cacheMessageFramer()
         self._closed = False
         self._sender: ISender
+        self.ring: Optional[BufferRing] = None
 
     def connectionMade(self) -> None:
         """
@@ -62,6 +64,10 @@ class ProxyLinkProtocol(Protocol):
             from twisted.internet import reactor
         sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
         self._sender = sender if sender is not None else TransportSender(transport, self)
+        if sender is not None:
+            # The socket is written straight from the read buffers: they
+            # can be read into again once sent.
+            self.ring = BufferRing(lambda: sender.written, lambda: sender.queued)
         self._send(ProxyMessage(hello=link_pb2.Hello(version=VERSION, session=self.session.name)))
 
     def _sendFailed(self, error: Exception) -> None:

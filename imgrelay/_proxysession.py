@@ -26,6 +26,7 @@ from imgrelay._imagedata import ImageData
 from imgrelay._linkwire import APPEND, CREATE
 from imgrelay._logging import logsImage
 from imgrelay._names import checkId, checkImageName
+from imgrelay._pipes import BufferRing
 from imgrelay._store import Image, Session
 
 
@@ -88,6 +89,14 @@ class OutgoingImage:
         self.producer: Optional[IPushProducer] = None
         self.opened = session.clock()
         self.closed: Optional[float] = None
+
+    @property
+    def ring(self) -> Optional[BufferRing]:
+        """
+        Buffers to read this image's pipe into, when the link sends
+        straight from them; None to read into new bytes.
+        """
+        return getattr(self.session._link, "ring", None)
 
     def attachProducer(self, producer: object) -> None:
         """

@@ -358,7 +358,10 @@ class RemoteProtocol(Protocol, TimeoutMixin):
 
     def _readPipe(self, image: IOutgoingImage, fd: int) -> None:
         self._image = None
-        reader = PipeReader(fd, self._reactor, image.write, lambda error: self._pipeEnded(image, error))
+        reader = PipeReader(
+            fd, self._reactor, image.write, lambda error: self._pipeEnded(image, error),
+            ring=getattr(image, "ring", None),
+        )
         image.attachProducer(reader)
         self._finish()
 

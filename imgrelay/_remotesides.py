@@ -37,6 +37,10 @@ class _Version:
         self._closed = closed
         self.name = image.name
 
+    @property
+    def ring(self) -> object:
+        return getattr(self._image, "ring", None)
+
     def attachProducer(self, producer: object) -> None:
         self._image.attachProducer(producer)
 

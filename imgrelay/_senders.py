@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 from twisted.internet import abstract, main, tcp
 from twisted.internet.interfaces import IPushProducer, IReactorFDSet, ITransport
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 Buffer = "bytes | memoryview"
 
@@ -38,10 +38,14 @@ class ISender(Interface):
     An ordered byte sink for one link, with backpressure.
     """
 
+    queued = Attribute("Bytes queued so far, in all.")
+    written = Attribute("Bytes written (or copied away, or dropped) so far, in all.")
+
     def send(pieces: Sequence[bytes | memoryview]) -> None:
         """
         Queue C{pieces}, in order, after everything sent before. The caller
-        must not change their buffers until they are sent.
+        must not change their buffers until L{written} passed L{queued} as
+        it was after this call.
         """
 
     def close(done: Callable[[], None]) -> None:
@@ -64,13 +68,22 @@ class TransportSender:
 
     def __init__(self, transport: ITransport, producer: IPushProducer) -> None:
         self._transport = transport
+        self.queued = 0
         transport.registerProducer(producer, True)  # type: ignore[attr-defined]
+
+    @property
+    def written(self) -> int:
+        """
+        See L{ISender.written}: the transport took copies of everything.
+        """
+        return self.queued
 
     def send(self, pieces: Sequence[bytes | memoryview]) -> None:
         """
         See L{ISender.send}.
         """
         self._transport.writeSequence([bytes(p) if isinstance(p, memoryview) else p for p in pieces])
+        self.queued += sum(len(p) for p in pieces)
 
     def close(self, done: Callable[[], None]) -> None:
         """
@@ -114,6 +127,8 @@ class SocketSender(abstract.FileDescriptor):
         self._fd = fd
         self._queue: deque[memoryview] = deque()
         self._queued = 0
+        self.queued = 0
+        self.written = 0
         self._producer = producer
         self._paused = False
         self._failed = failed
@@ -142,7 +157,7 @@ class SocketSender(abstract.FileDescriptor):
         return self._fd
 
     @property
-    def queued(self) -> int:
+    def waiting(self) -> int:
         """
         @return: Bytes waiting to be sent.
         """
@@ -158,6 +173,7 @@ class SocketSender(abstract.FileDescriptor):
             if len(piece):
                 self._queue.append(memoryview(piece))
                 self._queued += len(piece)
+                self.queued += len(piece)
         if self._queued and not self.writing:
             self.startWriting()
         if self._queued > self.highWater and not self._paused:
@@ -186,6 +202,7 @@ class SocketSender(abstract.FileDescriptor):
                 self._error(e)
                 return None
             self._queued -= sent
+            self.written += sent
             for piece in batch:
                 if sent >= len(piece):
                     sent -= len(piece)
@@ -233,6 +250,7 @@ class SocketSender(abstract.FileDescriptor):
         self.stopWriting()
         self._queue.clear()
         self._queued = 0
+        self.written = self.queued
         fd, self._fd = self._fd, -1
         self.connected = 0
         self.disconnected = 1

@@ -108,7 +108,10 @@ class StreamCaptureProtocol(Protocol):
         except BaseException:
             os.close(fd)
             raise
-        reader = PipeReader(fd, self._reactor, image.write, lambda err: self._pipeEnded(image, reader, err))
+        reader = PipeReader(
+            fd, self._reactor, image.write, lambda err: self._pipeEnded(image, reader, err),
+            ring=getattr(image, "ring", None),
+        )
         self._readers.add(reader)
         image.attachProducer(reader)
 

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from imgrelay._pipes import PipeReader, PipeWriter
+from imgrelay._pipes import BufferRing, PipeReader, PipeWriter
 from imgrelay.testing.criu import patternBytes, readAll, writeAll
 
 
@@ -114,3 +114,60 @@ class PipeWriterTests(TestCase):
         PipeWriter(w, reactor, [b"x" * 100], ended.callback).startWriting()
         error = await ended
         self.assertIsInstance(error, OSError)
+
+
+class BufferRingTests(TestCase):
+    """
+    L{BufferRing} gives a buffer out again only once the link sent its data.
+    """
+
+    def test_reuseAfterWritten(self) -> None:
+        """
+        A buffer handed on when the link had queued N bytes is given out
+        again only once the link wrote N bytes; until then a new one is.
+        """
+        counters = {"written": 0, "queued": 0}
+        ring = BufferRing(lambda: counters["written"], lambda: counters["queued"], size=16)
+        first = ring.take()
+        counters["queued"] = 16
+        ring.handedOn(first)
+        second = ring.take()
+        self.assertIsNot(second, first)
+        counters["written"] = 15
+        self.assertIsNot(ring.take(), first)
+        counters["written"] = 16
+        self.assertIs(ring.take(), first)
+
+    def test_keepsAtMost(self) -> None:
+        """
+        No more than C{keep} buffers are held for use again.
+        """
+        ring = BufferRing(lambda: 0, lambda: 1, size=4, keep=2)
+        buffers = [ring.take() for _ in range(3)]
+        for b in buffers:
+            ring.handedOn(b)
+        self.assertEqual(len(ring._busy), 2)
+
+    async def test_readerUsesRing(self) -> None:
+        """
+        A reader with a ring reads into its buffers and hands on views of
+        them, each valid until handed on.
+        """
+        r, w = os.pipe()
+        ring = BufferRing(lambda: 0, lambda: 0, size=1 << 16)
+        pieces: list[bytes] = []
+        kinds: set[type] = set()
+
+        def received(data: object) -> None:
+            kinds.add(type(data))
+            pieces.append(bytes(data))  # type: ignore[call-overload]
+
+        ended: Deferred[Optional[Exception]] = Deferred()
+        reader = PipeReader(r, reactor, received, ended.callback, ring=ring)
+        reader.resumeProducing()
+        content = patternBytes("ring", 300000)
+        written = deferToThread(lambda: (writeAll(w, content), os.close(w)))
+        self.assertIsNone(await ended)
+        await written
+        self.assertEqual(b"".join(pieces), content)
+        self.assertEqual(kinds, {memoryview})

@@ -87,7 +87,8 @@ class SocketSenderTests(TestCase):
         self.sender.close(lambda: done.callback(None))
         await done
         self.assertEqual(self.producer.calls, ["pause", "resume"])
-        self.assertEqual(self.sender.queued, 0)
+        self.assertEqual(self.sender.waiting, 0)
+        self.assertEqual(self.sender.written, self.sender.queued)
         self.assertEqual(self.sender.fileno(), -1)
         self.assertEqual(self.errors, [])
 
