@@ -190,8 +190,8 @@ def startImgrelay(base: str) -> Processes:
     on 127.0.0.1, with fresh directories under C{base}.
     """
     dumpDir, restoreDir = os.path.join(base, "dump"), os.path.join(base, "restore")
-    os.mkdir(dumpDir)
-    os.mkdir(restoreDir)
+    os.mkdir(dumpDir, 0o700)
+    os.mkdir(restoreDir, 0o700)
     port = freePort()
     cache = MeasuredProcess.daemon(
         "imgrelay-cache",

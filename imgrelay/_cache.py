@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
-from imgrelay._proxy import LINKS, PROTOCOLS, localEndpoint
+from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
+from imgrelay._proxy import LINKS, PROTOCOLS
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import CacheRemoteBackend
 from imgrelay._store import Session, SessionSlot
@@ -135,6 +136,7 @@ def cacheService(
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     tls: Optional[TLSFiles] = None,
     link: str = "imgrelay",
+    socketMode: int = DEFAULT_MODE,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -155,13 +157,18 @@ def cacheService(
     @param link: C{"imgrelay"} (the default), or C{"criu"} to accept a CRIU
         image-proxy's format: the images are taken as complete when their
         announced size arrived, and nothing is verified.
+    @param socketMode: The permission bits of the socket in C{imagesDir}.
     @return: The service.
+    @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
+    if local is None:
+        checkDirectory(imagesDir)
+        local = localEndpoint(imagesDir, socket, socketMode)
     return CacheService(
-        reactor, listen, local or localEndpoint(imagesDir, socket), verbose, protocol, idleTimeout, tls, link
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link
     )

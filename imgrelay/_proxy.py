@@ -10,13 +10,14 @@ from typing import Any, Callable, Optional, Union
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imgrelay._criulink import CriuLinkSenderFactory
+from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
@@ -35,16 +36,6 @@ PROTOCOLS = ("stream", "remote")
 
 #: Link formats: imgrelay's own, or CRIU's image-proxy to image-cache.
 LINKS = ("imgrelay", "criu")
-
-
-def localEndpoint(imagesDir: str, socketName: str) -> str:
-    """
-    The server endpoint string of a local socket in an images directory:
-    mode 0600, and a lock file so a stale socket of a dead daemon is
-    replaced while a live daemon's is not.
-    """
-    path = imagesDir.rstrip("/") + "/" + socketName
-    return f"unix:{quoteStringArgument(path)}:mode=600:lockfile=1"
 
 
 SessionObserver = Callable[[Union[SessionOutcome, Failure]], None]
@@ -180,6 +171,7 @@ def proxyService(
     tls: Optional[TLSFiles] = None,
     tlsHostname: Optional[str] = None,
     link: str = "imgrelay",
+    socketMode: int = DEFAULT_MODE,
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -205,7 +197,9 @@ def proxyService(
     @param link: C{"imgrelay"} (the default), or C{"criu"} to feed a CRIU
         image-cache in its own format: no acknowledgements, no final
         handshake, no checksums.
+    @param socketMode: The permission bits of the socket in C{imagesDir}.
     @return: The service.
+    @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -214,8 +208,11 @@ def proxyService(
     if sessionName is None:
         sessionName = defaultSessionName(imagesDir)
     socket = REMOTE_PROXY_SOCKET if protocol == "remote" else CAPTURE_SOCKET
+    if local is None:
+        checkDirectory(imagesDir)
+        local = localEndpoint(imagesDir, socket, socketMode)
     return ProxyService(
-        reactor, local or localEndpoint(imagesDir, socket), connect, sessionName, verbose, protocol, idleTimeout,
+        reactor, local, connect, sessionName, verbose, protocol, idleTimeout,
         tls, tlsHostname, link,
     )
 

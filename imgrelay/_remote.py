@@ -95,6 +95,17 @@ class IRemoteBackend(Interface):
         FINISH arrived: C{openMode} 1 from a dump, 0 from a restore.
         """
 
+    def connectionOpened() -> None:
+        """
+        A local connection was accepted; its header is still to come.
+        """
+
+    def headerDone() -> None:
+        """
+        A connection counted by L{connectionOpened} has parsed its header,
+        or ended without one.
+        """
+
     def abort(reason: str) -> None:
         """
         An operation failed in a way that makes the session's images
@@ -158,6 +169,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._held: list[bytes] = []
         self._heldFd: Optional[int] = None
         self._ended = False
+        self._headerPending = False
         self._serving: Optional[Image] = None
         self._parsing = False
         self._done = False
@@ -176,6 +188,8 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         that sends no header.
         """
         self.setTimeout(self._idleTimeout)
+        self._headerPending = True
+        self._backend.connectionOpened()
         self._producer().pauseProducing()
         self._backend.ready.addCallbacks(self._ready, self._notReady)
 
@@ -243,8 +257,18 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         else:
             transport.loseConnection()
 
+    def _headerSeen(self) -> None:
+        if self._headerPending:
+            self._headerPending = False
+            self._backend.headerDone()
+
     def _header(self, header: LocalImageHeader) -> None:
-        name, snapshotId, mode = header.name, header.snapshot_id, header.open_mode
+        try:
+            self._handleHeader(header.name, header.snapshot_id, header.open_mode)
+        finally:
+            self._headerSeen()
+
+    def _handleHeader(self, name: str, snapshotId: str, mode: int) -> None:
         checkId("snapshot id", snapshotId)
         if not name and not snapshotId:
             self._what = "finish"
@@ -412,6 +436,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Content on the socket ends with the socket; anything else cut short
         is an error.
         """
+        self._headerSeen()
         self.setTimeout(None)
         while self._fds:
             os.close(self._fds.popleft())

@@ -73,6 +73,8 @@ class ProxyRemoteBackend:
         self._session: Optional[ProxySession] = None
         self._fullDump = False
         self._finished = False
+        self._finishRequested = False
+        self._headersPending = 0
         self._readyResult: Optional[object] = None
         self._readyWaiting: list[Deferred[None]] = []
         self._writing: dict[tuple[str, str], deque[Callable[[], None]]] = {}
@@ -83,6 +85,7 @@ class ProxyRemoteBackend:
             session = self._session = self._newSession()
             self._fullDump = False
             self._finished = False
+            self._finishRequested = False
             self._readyResult = None
             self._writing = {}
             session.ready.addBoth(self._readyFired, session)
@@ -160,6 +163,7 @@ class ProxyRemoteBackend:
             waiting.popleft()()
         else:
             self._writing.pop(key, None)
+        self._maybeFinish()
 
     def readImage(self, snapshotId: str, name: str) -> Deferred[Optional[Image]]:
         """
@@ -179,9 +183,37 @@ class ProxyRemoteBackend:
         """
         return succeed(list(self._current().snapshots))
 
+    def connectionOpened(self) -> None:
+        """
+        See L{IRemoteBackend.connectionOpened}.
+        """
+        self._headersPending += 1
+
+    def headerDone(self) -> None:
+        """
+        See L{IRemoteBackend.headerDone}.
+        """
+        self._headersPending -= 1
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        # A FINISH must not overtake a write: CRIU opens each image on its
+        # own connection, and the reactor may read FINISH's before an
+        # earlier one's header, or before a later version of an image could
+        # begin.
+        session = self._session
+        if not self._finishRequested or session is None or self._finished:
+            return
+        if self._headersPending or any(self._writing.values()):
+            return
+        self._finished = True
+        session.finish()
+
     def finish(self, openMode: int) -> None:
         """
-        See L{IRemoteBackend.finish}.
+        See L{IRemoteBackend.finish}: a dump's FINISH completes the session
+        once every write already begun has been opened on the link (the
+        final handshake then waits for their pipes to end).
         """
         session = self._session
         if openMode == O_RDONLY or session is None:
@@ -189,8 +221,8 @@ class ProxyRemoteBackend:
             return
         if self._fullDump:
             self.log.info("session {session}: dump finished; completing the session", session=session.name)
-            self._finished = True
-            session.finish()
+            self._finishRequested = True
+            self._maybeFinish()
         else:
             self.log.info(
                 "session {session}: pre-dump finished ({snapshots} snapshots); the session goes on",
@@ -265,6 +297,16 @@ class CacheRemoteBackend:
         See L{IRemoteBackend.snapshots}: the complete list.
         """
         return self._attached().waitSnapshots()
+
+    def connectionOpened(self) -> None:
+        """
+        See L{IRemoteBackend.connectionOpened}: nothing waits on it here.
+        """
+
+    def headerDone(self) -> None:
+        """
+        See L{IRemoteBackend.headerDone}.
+        """
 
     def finish(self, openMode: int) -> None:
         """

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from imgrelay._cache import CacheService, cacheService
 from imgrelay._exit import stopWithStatus
+from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
 from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
@@ -59,6 +60,7 @@ class _Options(usage.Options):
         ["protocol", "p", "stream", "CRIU's local protocol: stream (criu --stream) or remote (criu --remote).", _protocol],
         ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
          "no acknowledgements, no final handshake, no checksums).", _link],
+        ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local socket in --images-dir.", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
     optFlags = [
@@ -69,6 +71,11 @@ class _Options(usage.Options):
     def postOptions(self) -> None:
         if self["images-dir"] is None:
             raise usage.UsageError("--images-dir is required: the directory given to CRIU with -D")
+        if self["local"] is None:
+            try:
+                checkDirectory(self["images-dir"])
+            except UnsafeDirectory as e:
+                raise usage.UsageError(f"--images-dir: {e}")
         given = [self[k] is not None for k in ("tls-cert", "tls-key", "tls-ca")]
         self["tls"] = None
         if any(given):
@@ -172,6 +179,12 @@ class _Daemon(MultiService):
         try:
             MultiService.privilegedStartService(self)
         except CannotListenError as e:
+            if isinstance(e.port, (bytes, str)):
+                path = e.port.decode() if isinstance(e.port, bytes) else e.port
+                why = str(e.socketError)
+                if why == "Cannot acquire lock":
+                    why = "another running daemon holds this socket"
+                raise SystemExit(f"{self._name}: cannot listen on {path}: {why}")
             raise SystemExit(f"{self._name}: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}")
 
 
@@ -183,7 +196,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     service = proxyService(
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
-        options["tls"], options["tls-hostname"], options["link"],
+        options["tls"], options["tls-hostname"], options["link"], options["socket-mode"],
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -211,7 +224,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         reactor = _reactor
     service = cacheService(
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
-        options["protocol"], options["idle-timeout"], options["tls"], options["link"],
+        options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
     )
     if options["oneshot"]:
         service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))

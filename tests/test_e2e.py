@@ -26,8 +26,8 @@ class EndToEndTests(SynchronousTestCase):
         self.base = tempfile.mkdtemp(prefix="imgrelay-e2e-")
         self.dumpDir = os.path.join(self.base, "dump")
         self.restoreDir = os.path.join(self.base, "restore")
-        os.mkdir(self.dumpDir)
-        os.mkdir(self.restoreDir)
+        os.mkdir(self.dumpDir, 0o700)
+        os.mkdir(self.restoreDir, 0o700)
         self.capture = os.path.join(self.dumpDir, "streamer-capture.sock")
         self.serve = os.path.join(self.restoreDir, "streamer-serve.sock")
         self.port = freePort()
@@ -143,8 +143,8 @@ class RemoteEndToEndTests(SynchronousTestCase):
         """
         base = tempfile.mkdtemp(prefix="imgrelay-e2e-remote-")
         dumpDir, restoreDir = os.path.join(base, "dump"), os.path.join(base, "restore")
-        os.mkdir(dumpDir)
-        os.mkdir(restoreDir)
+        os.mkdir(dumpDir, 0o700)
+        os.mkdir(restoreDir, 0o700)
         port = freePort()
         cache = Daemon("imgrelay-cache", ["--protocol", "remote", "--listen", f"tcp:{port}:interface=127.0.0.1",
                                           "--images-dir", restoreDir, "--oneshot"], os.path.join(base, "cache.log"))

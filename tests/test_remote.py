@@ -88,6 +88,12 @@ class FakeBackend:
     def abort(self, reason: str) -> None:
         self.calls.append(("abort", reason))
 
+    def connectionOpened(self) -> None:
+        pass
+
+    def headerDone(self) -> None:
+        pass
+
 
 def image(snapshotId: str, name: str, content: bytes) -> Image:
     data = ImageData()
@@ -246,3 +252,47 @@ class RemoteProtocolTests(SynchronousTestCase):
         self.feed(WRITE_HEADER[:5])
         _, transport = self.feed(READ_HEADER)
         self.assertEqual(transport.value(), REPLY_ENOENT)
+
+
+class FinishOrderTests(SynchronousTestCase):
+    """
+    On the proxy, a dump's FINISH never overtakes a write whose connection
+    was accepted before it.
+    """
+
+    def test_finishWaitsForPendingHeader(self) -> None:
+        """
+        FINISH read before the header of a connection already accepted
+        completes the session only once that header came: the image it
+        writes is in the final handshake.
+        """
+        from tests.test_proxysession import FakeLink
+
+        link = FakeLink()
+        session = ProxySession("s", keepImages=True)
+        session.accepted(link)
+        backend = ProxyRemoteBackend(lambda: session)
+        reactor = MemoryReactorClock()
+
+        def connect() -> tuple[RemoteProtocol, StringTransport]:
+            protocol = RemoteProtocol(backend, reactor)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            return protocol, transport
+
+        def writeOnSocket(name: bytes) -> bytes:
+            header = WRITE_HEADER.replace(b"\x0a\x0bpages-1.img", bytes([0x0A, len(name)]) + name)
+            header = header.replace(b"\x12\x07/mig/d1", b"\x12\x00")
+            return bytes([len(header) - 4]) + header[1:]
+
+        late, _ = connect()
+        tree, _ = connect()
+        tree.dataReceived(writeOnSocket(b"pstree.img") + b"tree")
+        tree.connectionLost()
+        finish, _ = connect()
+        finish.dataReceived(FINISH_DUMP)
+        self.assertNotIn("done", link.kinds())
+        late.dataReceived(writeOnSocket(b"late.img") + b"late")
+        late.connectionLost()
+        self.assertEqual(link.kinds()[-1], "done")
+        self.assertEqual(link.calls[-1][1], 2)

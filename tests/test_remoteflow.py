@@ -17,7 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from imgrelay._cache import REMOTE_CACHE_SOCKET, CacheService
-from imgrelay._proxy import REMOTE_PROXY_SOCKET, ProxyService, localEndpoint
+from imgrelay._localsock import localEndpoint
+from imgrelay._proxy import REMOTE_PROXY_SOCKET, ProxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._remote import O_RDONLY, O_WRONLY
 from imgrelay._store import SessionState
@@ -35,8 +36,8 @@ class RemoteRelay:
         base = tempfile.mkdtemp(prefix="imgrelay-remote-")
         self.dumpDir = os.path.join(base, "dump")
         self.restoreDir = os.path.join(base, "restore")
-        os.mkdir(self.dumpDir)
-        os.mkdir(self.restoreDir)
+        os.mkdir(self.dumpDir, 0o700)
+        os.mkdir(self.restoreDir, 0o700)
         self.dump = RemoteClient(os.path.join(self.dumpDir, REMOTE_PROXY_SOCKET))
         self.restore = RemoteClient(os.path.join(self.restoreDir, REMOTE_CACHE_SOCKET))
         self.outcomes: list[Union[SessionOutcome, Failure]] = []

@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 from imgrelay._cache import SERVE_SOCKET, CacheService
 from imgrelay._errors import SessionError
 from imgrelay._pb.criu_pb2 import StreamRequest
-from imgrelay._proxy import CAPTURE_SOCKET, ProxyService, localEndpoint
+from imgrelay._localsock import localEndpoint
+from imgrelay._proxy import CAPTURE_SOCKET, ProxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import SessionState
 from imgrelay.testing import criu
@@ -38,8 +39,8 @@ class Relay:
         base = tempfile.mkdtemp(prefix="imgrelay-test-")
         self.dumpDir = os.path.join(base, "dump")
         self.restoreDir = os.path.join(base, "restore")
-        os.mkdir(self.dumpDir)
-        os.mkdir(self.restoreDir)
+        os.mkdir(self.dumpDir, 0o700)
+        os.mkdir(self.restoreDir, 0o700)
         self.capture = os.path.join(self.dumpDir, CAPTURE_SOCKET)
         self.serve = os.path.join(self.restoreDir, SERVE_SOCKET)
         self.outcomes: list[Union[SessionOutcome, Failure]] = []

@@ -24,7 +24,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imgrelay._cache import SERVE_SOCKET, CacheService
-from imgrelay._proxy import CAPTURE_SOCKET, ProxyService, localEndpoint
+from imgrelay._localsock import localEndpoint
+from imgrelay._proxy import CAPTURE_SOCKET, ProxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._tls import TLSFiles, hostOf, load
 from imgrelay.tap import CacheOptions, ProxyOptions

@@ -34,8 +34,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imgrelay-demo-") as base:
         dumpDir = os.path.join(base, "dump")
         restoreDir = os.path.join(base, "restore")
-        os.mkdir(dumpDir)
-        os.mkdir(restoreDir)
+        os.mkdir(dumpDir, 0o700)
+        os.mkdir(restoreDir, 0o700)
         port = freePort()
         cache = Daemon(
             "imgrelay-cache",
