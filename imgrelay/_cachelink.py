@@ -30,6 +30,10 @@ from imgrelay._store import Image, ImageData, Session, SessionSlot
 #: How much the cache reads from the link at once.
 READ_SIZE = 1 << 20
 
+#: The most images open at once on one link (CRIU keeps a handful open; an
+#: open image costs memory before it brings any data).
+MAX_OPEN_IMAGES = 1024
+
 
 @attrs.define
 class _Incoming:
@@ -166,6 +170,8 @@ class CacheLinkState:
         assert self.session is not None
         if message.image in self._seen:
             raise ProtocolError(f"image id {message.image} used twice")
+        if len(self._open) >= MAX_OPEN_IMAGES:
+            raise ProtocolError(f"more than {MAX_OPEN_IMAGES} images open at once")
         checkImageName(message.name)
         checkId("snapshot id", message.snapshot_id)
         key = (message.snapshot_id, message.name)

@@ -888,3 +888,27 @@ class CacheLinkFactoryTests(SynchronousTestCase):
         protocol.dataReceived(hello("mig"))
         self.assertIs(protocol.state.session, slot.current)
         self.assertEqual(slot.current.started, 9)
+
+
+class OpenImagesLimitTests(SynchronousTestCase):
+    """
+    A link may not hold more than L{MAX_OPEN_IMAGES} images open at once.
+    """
+
+    def test_limit(self) -> None:
+        """
+        One image more than the limit fails the session with a reason
+        naming it; up to the limit is fine.
+        """
+        from imgrelay._cachelink import MAX_OPEN_IMAGES
+
+        protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(hello() + b"".join(imageOpen(i, f"{i}.img") for i in range(1, MAX_OPEN_IMAGES + 1)))
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(imageOpen(MAX_OPEN_IMAGES + 1, "one-more.img"))
+        self.assertTrue(transport.disconnecting)
+        session = protocol.state.session
+        assert session is not None
+        self.assertIn(f"more than {MAX_OPEN_IMAGES} images open", session.failure or "")
