@@ -84,8 +84,8 @@ class CriuRestorer:
 
     def answer(self) -> Optional[int]:
         """Read the C{StreamReply}; pass a pipe's write end if it exists."""
-        (length,) = struct.unpack("<I", _recvExactly(self.sock, 4))
-        if not StreamReply.FromString(_recvExactly(self.sock, length)).exists:
+        (length,) = struct.unpack("<I", criu.recvExactly(self.sock, 4))
+        if not StreamReply.FromString(criu.recvExactly(self.sock, length)).exists:
             return None
         r, w = os.pipe()
         criu.passFd(self.sock, w)
@@ -95,16 +95,6 @@ class CriuRestorer:
     def close(self) -> None:
         """Close the socket: the restore ends."""
         self.sock.close()
-
-
-def _recvExactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            raise ConnectionError(f"socket closed after {len(data)} of {n} bytes")
-        data += more
-    return data
 
 
 class PlainDumper:

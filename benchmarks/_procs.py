@@ -24,7 +24,7 @@ from typing import IO, Optional
 
 import attrs
 
-from imgrelay.testing.daemons import TWISTD
+from imgrelay.testing.daemons import TWISTD, waitReady
 
 
 @attrs.frozen
@@ -106,21 +106,10 @@ class MeasuredProcess:
 
         @raise RuntimeError: If it exited or the time ran out.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self._exited()
-            if status is not None:
-                raise RuntimeError(f"{self.logPath}: exited with {status}:\n{self.log()}")
-            if path is not None and os.path.exists(path):
-                return
-            if port is not None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.01)
-        raise RuntimeError(f"{self.logPath}: not ready after {timeout} s:\n{self.log()}")
+        try:
+            waitReady(self._exited, self.log, path, port, timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"{self.logPath}: {e}") from None
 
     def check(self) -> None:
         """

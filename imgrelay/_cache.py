@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
@@ -110,6 +110,14 @@ class CacheService(MultiService):
         """
         self._linkFactory.abortAll()
         return MultiService.stopService(self)
+
+    def whenLinksClosed(self) -> Deferred[None]:
+        """
+        @return: A Deferred that fires once no link is open, so that the
+            final answer of a completed session has reached its proxy.
+        """
+        whenIdle = getattr(self._linkFactory, "whenIdle", None)
+        return whenIdle() if whenIdle is not None else succeed(None)
 
     def addSessionObserver(self, observer: Callable[[Session], None]) -> None:
         """

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Optional
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
@@ -402,7 +403,7 @@ class CacheLinkProtocol(Protocol):
         if self._receiver is not None:
             self._receiver.close()
         if isinstance(self.factory, CacheLinkFactory):
-            self.factory.links.discard(self)
+            self.factory.linkClosed(self)
         self.state.lost(reason.getErrorMessage())
 
 
@@ -420,6 +421,7 @@ class CacheLinkFactory(Factory):
         self.reactor = reactor
         self.verbose = verbose
         self.links: set[CacheLinkProtocol] = set()
+        self._idleWaiters: list[Deferred[None]] = []
 
     def abortAll(self) -> None:
         """
@@ -428,6 +430,26 @@ class CacheLinkFactory(Factory):
         """
         for link in list(self.links):
             link.transport.abortConnection()  # type: ignore[union-attr]
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        @return: A Deferred that fires once no link is open.
+        """
+        if not self.links:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        return d
+
+    def linkClosed(self, link: CacheLinkProtocol) -> None:
+        """
+        C{link} closed.
+        """
+        self.links.discard(link)
+        if not self.links:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
 
     noisy = False
 

@@ -227,7 +227,12 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
     )
     if options["oneshot"]:
-        service.addSessionObserver(lambda session: _cacheOneshot(reactor, session))
+
+        def released(session: Session) -> None:
+            # Exit once the link closed: its last answer reached the proxy.
+            service.whenLinksClosed().addCallback(lambda _: _cacheOneshot(reactor, session))
+
+        service.addSessionObserver(released)
     return _Daemon("imgrelay-cache", service)
 
 

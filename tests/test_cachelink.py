@@ -912,3 +912,24 @@ class OpenImagesLimitTests(SynchronousTestCase):
         session = protocol.state.session
         assert session is not None
         self.assertIn(f"more than {MAX_OPEN_IMAGES} images open", session.failure or "")
+
+
+class WhenIdleTests(SynchronousTestCase):
+    """
+    L{CacheLinkFactory.whenIdle} tells when no link is open: a oneshot
+    cache waits for it so its last answer reaches the proxy before it exits.
+    """
+
+    def test_whenIdle(self) -> None:
+        """
+        It fires at once with no link, and otherwise once the last link
+        closed.
+        """
+        factory = CacheLinkFactory(SessionSlot(), Clock().seconds)
+        self.successResultOf(factory.whenIdle())
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        idle = factory.whenIdle()
+        self.assertNoResult(idle)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(idle)

@@ -39,7 +39,12 @@ def passFd(sock: socket.socket, fd: int) -> None:
     socket.send_fds(sock, [b"\x00"], [fd])
 
 
-def _recvExactly(sock: socket.socket, n: int) -> bytes:
+def recvExactly(sock: socket.socket, n: int) -> bytes:
+    """
+    Receive exactly C{n} bytes.
+
+    @raise ConnectionError: If the socket closes first.
+    """
     data = b""
     while len(data) < n:
         more = sock.recv(n - len(data))
@@ -144,8 +149,8 @@ class StreamRestorer:
         @return: The read end of its pipe, or None if it does not exist.
         """
         self.sock.sendall(frame(StreamRequest(filename=name)))
-        (length,) = struct.unpack("<I", _recvExactly(self.sock, 4))
-        reply = StreamReply.FromString(_recvExactly(self.sock, length))
+        (length,) = struct.unpack("<I", recvExactly(self.sock, 4))
+        reply = StreamReply.FromString(recvExactly(self.sock, length))
         if not reply.exists:
             return None
         r, w = os.pipe()
@@ -227,7 +232,7 @@ def _recvFrame(sock: socket.socket) -> Optional[bytes]:
             return None
         head += more
     (length,) = struct.unpack("<I", head)
-    return _recvExactly(sock, length)
+    return recvExactly(sock, length)
 
 
 class RemoteClient:

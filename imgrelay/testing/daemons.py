@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 #: How twistd is started: with this interpreter, whatever PATH says.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -25,6 +25,34 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def waitReady(
+    exited: Callable[[], Optional[int]], log: Callable[[], str], path: Optional[str] = None,
+    port: Optional[int] = None, timeout: float = 30,
+) -> None:
+    """
+    Wait until a daemon's socket file exists or its TCP port accepts.
+
+    @param exited: Its exit status if it exited, else None.
+    @param log: What it printed, for the error.
+    @raise RuntimeError: If it exited or the time ran out.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = exited()
+        if status is not None:
+            raise RuntimeError(f"daemon exited with {status}:\n{log()}")
+        if path is not None and os.path.exists(path):
+            return
+        if port is not None:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.01)
+    raise RuntimeError(f"daemon not ready after {timeout} s:\n{log()}")
 
 
 class Daemon:
@@ -60,20 +88,7 @@ class Daemon:
 
         @raise RuntimeError: If the daemon exited or the time ran out.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
-            if path is not None and os.path.exists(path):
-                return
-            if port is not None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log()}")
+        waitReady(self.process.poll, self.log, path, port, timeout)
 
     def wait(self, timeout: float = 60) -> int:
         """
