@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
+from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxy import LINKS, PROTOCOLS
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
@@ -45,6 +46,7 @@ class CacheService(MultiService):
         self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
         link: str = "imgrelay",
+        limits: Limits = Limits(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -59,6 +61,7 @@ class CacheService(MultiService):
             TCP.
         @param link: C{"imgrelay"}, or C{"criu"} to accept a CRIU
             image-proxy's format (nothing can be verified).
+        @param limits: Images and bytes per session, local connections.
         @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
@@ -72,7 +75,7 @@ class CacheService(MultiService):
         if link == "criu":
             self._linkFactory = CriuLinkReceiverFactory(self.slot, verbose)
         else:
-            self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose)
+            self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose, limits)
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         else:
@@ -83,6 +86,7 @@ class CacheService(MultiService):
             factory = RemoteFactory(CacheRemoteBackend(self.slot), reactor, idleTimeout)
         else:
             factory = StreamServeFactory(self.slot, reactor)
+        factory.connectionLimit = limits.maxLocalConnections
         strports.service(local, factory, reactor=reactor).setServiceParent(self)
 
     def linkAddress(self) -> Deferred[IAddress]:
@@ -145,6 +149,7 @@ def cacheService(
     tls: Optional[TLSFiles] = None,
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
+    limits: Limits = Limits(),
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -166,6 +171,8 @@ def cacheService(
         image-proxy's format: the images are taken as complete when their
         announced size arrived, and nothing is verified.
     @param socketMode: The permission bits of the socket in C{imagesDir}.
+    @param limits: Images and bytes per session, local connections at once
+        (L{imgrelay.Limits}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -178,5 +185,5 @@ def cacheService(
         checkDirectory(imagesDir)
         local = localEndpoint(imagesDir, socket, socketMode)
     return CacheService(
-        reactor, listen, local, verbose, protocol, idleTimeout, tls, link
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits
     )

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
 from imgrelay._integrity import RunningChecksum, manifestDigest
+from imgrelay._limits import Limits
 from imgrelay._logging import logsImage
 from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
@@ -63,14 +64,18 @@ class CacheLinkState:
     log = Logger()
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, verbose: bool = False
+        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, verbose: bool = False,
+        limits: Limits = Limits(),
     ) -> None:
         """
         @param slot: Where sessions are claimed.
         @param clock: The time, for rates.
         @param verbose: Log every image, not only large ones.
+        @param limits: Images and bytes a session may bring.
         """
         self.verbose = verbose
+        self.limits = limits
+        self._received = 0
         self._slot = slot
         self._clock = clock
         self.session: Optional[Session] = None
@@ -181,6 +186,8 @@ class CacheLinkState:
                 f"image {message.name!r} of snapshot {message.snapshot_id!r} is already being written"
             )
         earlier = self.session.images.get(key)
+        if earlier is None and len(self.session.images) + len(self._open) >= self.limits.maxImages:
+            raise SessionError(f"more than {self.limits.maxImages} images in the session (--max-images)")
         if message.mode == link_pb2.CREATE and earlier is not None:
             raise SessionError(
                 f"image {message.name!r} written twice in snapshot {message.snapshot_id!r}"
@@ -204,6 +211,11 @@ class CacheLinkState:
 
     def _onChunk(self, message: link_pb2.Chunk) -> list[CacheMessage]:
         self._chunkTarget = self._image(message.image)
+        self._received += message.length
+        if self._received > self.limits.maxSessionBytes:
+            raise SessionError(
+                f"more than {self.limits.maxSessionBytes} bytes in the session (--max-session-bytes)"
+            )
         return []
 
     def _onClose(self, message: link_pb2.ImageClose) -> list[CacheMessage]:
@@ -311,7 +323,7 @@ class CacheLinkProtocol(Protocol):
 
     def __init__(
         self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
-        verbose: bool = False,
+        verbose: bool = False, limits: Limits = Limits(),
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -319,9 +331,10 @@ class CacheLinkProtocol(Protocol):
         @param reactor: Where a plain TCP link's socket is read; the global
             reactor by default.
         @param verbose: Log every image, not only large ones.
+        @param limits: Images and bytes a session may bring.
         """
         self._framer = proxyMessageFramer()
-        self.state = CacheLinkState(slot, clock, verbose)
+        self.state = CacheLinkState(slot, clock, verbose, limits)
         self._closing = False
         self._reactor = reactor
         self._receiver: Optional[SocketReceiver] = None
@@ -414,8 +427,9 @@ class CacheLinkFactory(Factory):
 
     def __init__(
         self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
-        verbose: bool = False,
+        verbose: bool = False, limits: Limits = Limits(),
     ) -> None:
+        self.limits = limits
         self.slot = slot
         self.clock = clock
         self.reactor = reactor
@@ -457,7 +471,7 @@ class CacheLinkFactory(Factory):
         """
         @return: A protocol for one link.
         """
-        p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose)
+        p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose, self.limits)
         p.factory = self
         self.links.add(p)
         return p

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imgrelay._criulink import CriuLinkSenderFactory
+from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._proxysession import ProxySession, SessionOutcome
@@ -63,6 +64,7 @@ class ProxyService(MultiService):
         tls: Optional[TLSFiles] = None,
         tlsHostname: Optional[str] = None,
         link: str = "imgrelay",
+        limits: Limits = Limits(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -79,6 +81,8 @@ class ProxyService(MultiService):
             default the host of C{connect}.
         @param link: C{"imgrelay"}, or C{"criu"} to feed a CRIU image-cache
             in its own format (no acknowledgement, no checksum).
+        @param limits: Local connections at once (the cache enforces the
+            per-session limits).
         @raise ValueError: For an unknown protocol, unreadable TLS files, or
             no host name to check the cache's certificate against.
         """
@@ -111,6 +115,7 @@ class ProxyService(MultiService):
             factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, idleTimeout)
         else:
             factory = StreamCaptureFactory(self.newSession, reactor)
+        factory.connectionLimit = limits.maxLocalConnections
         strports.service(local, factory, reactor=reactor).setServiceParent(self)
 
     def stopService(self) -> Any:
@@ -172,6 +177,7 @@ def proxyService(
     tlsHostname: Optional[str] = None,
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
+    limits: Limits = Limits(),
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -198,6 +204,7 @@ def proxyService(
         image-cache in its own format: no acknowledgements, no final
         handshake, no checksums.
     @param socketMode: The permission bits of the socket in C{imagesDir}.
+    @param limits: Local connections at once (L{imgrelay.Limits}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -213,7 +220,7 @@ def proxyService(
         local = localEndpoint(imagesDir, socket, socketMode)
     return ProxyService(
         reactor, local, connect, sessionName, verbose, protocol, idleTimeout,
-        tls, tlsHostname, link,
+        tls, tlsHostname, link, limits,
     )
 
 

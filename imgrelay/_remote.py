@@ -37,6 +37,7 @@ from imgrelay._framing import (
     PayloadDone,
 )
 from imgrelay._interfaces import IOutgoingImage
+from imgrelay._limits import CountedFactory
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord
 from imgrelay._pipes import PipeReader, PipeWriter
@@ -436,6 +437,8 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Content on the socket ends with the socket; anything else cut short
         is an error.
         """
+        if isinstance(self.factory, CountedFactory):
+            self.factory.connectionClosed(self)
         self._headerSeen()
         self.setTimeout(None)
         while self._fds:
@@ -463,7 +466,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
                 self._backend.abort(f"{self._what} ended before its pipe came")
 
 
-class RemoteFactory(Factory):
+class RemoteFactory(CountedFactory, Factory):
     """
     Serve a remote-protocol socket for a backend.
     """
@@ -479,6 +482,8 @@ class RemoteFactory(Factory):
         """
         @return: A protocol for one local connection.
         """
+        if not self.admit(addr):
+            return None  # type: ignore[return-value]
         p = RemoteProtocol(self.backend, self.reactor, self.idleTimeout)
         p.factory = self
         return p

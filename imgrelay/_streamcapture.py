@@ -22,6 +22,7 @@ from imgrelay._criuwire import FD_BYTE, streamCaptureFramer
 from imgrelay._errors import SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay._interfaces import IImageSink, IOutgoingImage
+from imgrelay._limits import CountedFactory
 from imgrelay._names import BadName
 from imgrelay._pipes import PipeReader
 
@@ -150,6 +151,8 @@ class StreamCaptureProtocol(Protocol):
         CRIU closed the socket: no more images. Pipes still open go on to
         their own end, then the session's final handshake runs.
         """
+        if isinstance(self.factory, CountedFactory):
+            self.factory.connectionClosed(self)
         self._closeFds()
         if self._failed or self.sink is None:
             return
@@ -160,7 +163,7 @@ class StreamCaptureProtocol(Protocol):
         self.sink.finish()
 
 
-class StreamCaptureFactory(Factory):
+class StreamCaptureFactory(CountedFactory, Factory):
     """
     Serve C{streamer-capture.sock}: a session per dump connection.
     """
@@ -175,6 +178,8 @@ class StreamCaptureFactory(Factory):
         """
         @return: A protocol for one dump.
         """
+        if not self.admit(addr):
+            return None  # type: ignore[return-value]
         p = StreamCaptureProtocol(self.newSession, self.reactor)
         p.factory = self
         return p

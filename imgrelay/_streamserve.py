@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from imgrelay._criuwire import FD_BYTE, streamReply, streamServeFramer
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
+from imgrelay._limits import CountedFactory
 from imgrelay._names import BadName, checkImageName
 from imgrelay._pipes import PipeWriter
 from imgrelay._store import Image, Session, SessionSlot
@@ -158,13 +159,15 @@ class StreamServeProtocol(Protocol):
         """
         CRIU closed the socket; pipes still being written go on.
         """
+        if isinstance(self.factory, CountedFactory):
+            self.factory.connectionClosed(self)
         self._gone = True
         while self._fds:
             os.close(self._fds.popleft())
         self._maybeDetach()
 
 
-class StreamServeFactory(Factory):
+class StreamServeFactory(CountedFactory, Factory):
     """
     Serve C{streamer-serve.sock} from a L{SessionSlot}.
     """
@@ -179,6 +182,8 @@ class StreamServeFactory(Factory):
         """
         @return: A protocol for one restore.
         """
+        if not self.admit(addr):
+            return None  # type: ignore[return-value]
         p = StreamServeProtocol(self.slot, self.reactor)
         p.factory = self
         return p

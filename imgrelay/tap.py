@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from imgrelay._cache import CacheService, cacheService
 from imgrelay._exit import stopWithStatus
+from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
 from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
@@ -37,6 +38,13 @@ def _link(value: str) -> str:
     if value not in LINKS:
         raise ValueError(f"{value!r} is not one of: {', '.join(LINKS)}")
     return value
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} is not a positive whole number")
+    return number
 
 
 def _seconds(value: str) -> float:
@@ -60,6 +68,7 @@ class _Options(usage.Options):
         ["protocol", "p", "stream", "CRIU's local protocol: stream (criu --stream) or remote (criu --remote).", _protocol],
         ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
          "no acknowledgements, no final handshake, no checksums).", _link],
+        ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", _positive],
         ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local socket in --images-dir.", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
@@ -137,6 +146,8 @@ class CacheOptions(_Options):
         ["images-dir", "D", None, "The directory CRIU restores from (criu restore -D).", _imagesDir],
         ["listen", "l", None, "Server endpoint for links from proxies, e.g. tcp:7070."],
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
+        ["max-images", None, Limits().maxImages, "Images one session may hold.", _positive],
+        ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", _positive],
     ]
 
     def postOptions(self) -> None:
@@ -197,6 +208,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
         options["tls"], options["tls-hostname"], options["link"], options["socket-mode"],
+        Limits(maxLocalConnections=options["max-local-connections"]),
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -225,6 +237,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
     service = cacheService(
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
+        Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
     )
     if options["oneshot"]:
 

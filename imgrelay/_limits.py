@@ -1,0 +1,61 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+The limits that keep a peer, faulty or hostile, from making a daemon hold
+more than it should. Each has a safe default, is configurable, and ends
+only the offending connection or session, with a log line naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+
+@attrs.frozen
+class Limits:
+    """
+    @ivar maxImages: Images in one session (all snapshots together).
+    @ivar maxSessionBytes: Bytes in one session.
+    @ivar maxLocalConnections: Local (CRIU) connections open at once on
+        one socket.
+    """
+
+    maxImages: int = 100_000
+    maxSessionBytes: int = 1 << 40
+    maxLocalConnections: int = 256
+
+
+class CountedFactory:
+    """
+    A mixin for the local sockets' factories: beyond C{limit} connections
+    at once, a new one is closed at once with a log line.
+
+    Protocols call L{connectionClosed} from C{connectionLost}.
+    """
+
+    log = Logger()
+    connectionLimit: Optional[int] = None
+    openConnections = 0
+
+    def admit(self, addr: Any) -> bool:
+        """
+        @return: Whether a new connection may be served.
+        """
+        limit = self.connectionLimit
+        if limit is not None and self.openConnections >= limit:
+            self.log.error(
+                "local connection refused: {count} already open, the limit (--max-local-connections)",
+                count=self.openConnections,
+            )
+            return False
+        self.openConnections += 1
+        return True
+
+    def connectionClosed(self, protocol: Protocol) -> None:
+        """
+        A connection this factory admitted closed.
+        """
+        self.openConnections -= 1
