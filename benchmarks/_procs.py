@@ -16,10 +16,8 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
-import time
 from typing import IO, Optional
 
 import attrs

@@ -7,7 +7,7 @@ C{twistd imgrelay-cache}.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from imgrelay._cache import CacheService, cacheService
+from imgrelay._cache import cacheService
 from imgrelay._exit import stopWithStatus
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
