@@ -21,6 +21,7 @@ from zope.interface import implementer
 from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
 from imgrelay._integrity import RunningChecksum, manifestDigest
+from imgrelay._keepalive import watchPeer
 from imgrelay._limits import Limits
 from imgrelay._logging import logsImage
 from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
@@ -352,6 +353,7 @@ class CacheLinkProtocol(Protocol):
         if reactor is None:
             from twisted.internet import reactor
         assert self.transport is not None
+        watchPeer(self.transport)
         self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
         if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from imgrelay._linkwire import (
     chunkHeader,
     frame,
 )
+from imgrelay._keepalive import watchPeer
 from imgrelay._pb import link_pb2
 from imgrelay._pipes import BufferRing
 from imgrelay._proxysession import ILinkSender, ProxySession
@@ -59,6 +60,7 @@ class ProxyLinkProtocol(Protocol):
         """
         transport = self.transport
         assert transport is not None
+        watchPeer(transport)
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
