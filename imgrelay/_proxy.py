@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imgrelay._criulink import CriuLinkSenderFactory
+from imgrelay._errors import SessionError
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxylink import ProxyLinkFactory
@@ -134,10 +135,21 @@ class ProxyService(MultiService):
         """
         self._observers.append(observer)
 
+    #: How many sessions this proxy starts in its life (None: no limit); a
+    #: C{--oneshot} proxy starts one, and a second dump is refused instead
+    #: of failing the first.
+    maxSessions: Optional[int] = None
+    _started = 0
+
     def newSession(self) -> ProxySession:
         """
         A dump connected: start its session and dial the cache.
+
+        @raise SessionError: If this proxy starts no more sessions.
         """
+        if self.maxSessions is not None and self._started >= self.maxSessions:
+            raise SessionError(f"this proxy serves {self.maxSessions} session(s) and has started them")
+        self._started += 1
         session = ProxySession(
             self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose
         )

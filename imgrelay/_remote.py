@@ -192,7 +192,12 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._headerPending = True
         self._backend.connectionOpened()
         self._producer().pauseProducing()
-        self._backend.ready.addCallbacks(self._ready, self._notReady)
+        try:
+            ready = self._backend.ready
+        except SessionError as e:
+            self._fail(str(e))
+            return
+        ready.addCallbacks(self._ready, self._notReady)
 
     def _ready(self, _: object) -> None:
         if not self._done:

@@ -56,6 +56,11 @@ class StreamCaptureProtocol(Protocol):
         self._producer().pauseProducing()
         try:
             sink = self.sink = self._newSession()
+        except SessionError as e:
+            self.log.error("dump connection refused: {reason}", reason=str(e))
+            self._failed = True
+            self._transport().loseConnection()
+            return
         except Exception:
             self.log.failure("dump connection: cannot start a session")
             self._failed = True

@@ -212,6 +212,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
+        service.maxSessions = 1
         service.addSessionObserver(lambda result: _proxyOneshot(service, result))
     return _Daemon("imgrelay-proxy", service)
 

@@ -450,3 +450,39 @@ class ServeBadInputTests(TestCase):
         r = criu.StreamRestorer(relay.serve)
         self.assertEqual(await deferToThread(r.fetch, "pstree.img"), criu.traceImages()["pstree.img"])
         r.close()
+
+
+class OneSessionProxyTests(TestCase):
+    """
+    A proxy that serves one session (C{--oneshot}) refuses a second dump
+    instead of failing the first.
+    """
+
+    timeout = 60
+
+    async def test_secondDumpRefused(self) -> None:
+        """
+        While the first dump runs, a second dump connection is closed with a
+        logged reason; the first completes.
+        """
+        relay = await Relay(self).start()
+        relay.proxy.maxSessions = 1
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        first = await deferToThread(criu.StreamDumper, relay.capture)
+        await deferToThread(first.send, "core-1.img", b"core")
+
+        def second() -> bytes:
+            d = criu.StreamDumper(relay.capture)
+            try:
+                return d.sock.recv(1)
+            finally:
+                d.close()
+
+        self.assertEqual(await deferToThread(second), b"")
+        await deferToThread(first.send, "inventory.img", b"inventory")
+        first.close()
+        outcome = await relay.waitOutcome()
+        self.assertIsInstance(outcome, SessionOutcome)
+        self.assertEqual(len(relay.outcomes), 1)
+        logged = " ".join(str(e.get("reason", "")) for e in events)
+        self.assertIn("serves 1 session(s)", logged)
