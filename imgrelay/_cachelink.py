@@ -23,7 +23,7 @@ from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk
 from imgrelay._integrity import RunningChecksum, manifestDigest
 from imgrelay._keepalive import watchPeer
 from imgrelay._limits import Limits
-from imgrelay._logging import logsImage
+from imgrelay._logging import logsImage, rate
 from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
@@ -45,10 +45,6 @@ class _Incoming:
     opened: float
     data: ImageData = attrs.Factory(ImageData)
     checksum: RunningChecksum = attrs.Factory(RunningChecksum)
-
-
-def _rate(size: int, seconds: float) -> float:
-    return size / seconds / 1e6 if seconds > 0 else 0.0
 
 
 class CacheLinkState:
@@ -250,7 +246,7 @@ class CacheLinkState:
                 snapshot=incoming.snapshotId,
                 size=got.size,
                 seconds=seconds,
-                rate=_rate(got.size, seconds),
+                rate=rate(got.size, seconds),
             )
         return [CacheMessage(ack=link_pb2.ImageAck(image=message.image))]
 
@@ -277,7 +273,7 @@ class CacheLinkState:
             images=len(images),
             bytes=total,
             seconds=seconds,
-            rate=_rate(total, seconds),
+            rate=rate(total, seconds),
         )
         return [CacheMessage(done_ok=link_pb2.DoneOk())]
 

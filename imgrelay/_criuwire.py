@@ -6,9 +6,9 @@ little-endian length prefixes and proto2 messages.
 
 from __future__ import annotations
 
-import struct
+from google.protobuf.message import Message
 
-from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
 from imgrelay._pb import criu_pb2
 
 #: CRIU frames with a u32 in the host's byte order: little-endian on every
@@ -18,16 +18,13 @@ PREFIX = "<I"
 #: The byte CRIU sends with each passed file descriptor.
 FD_BYTE = b"\x00"
 
-_prefix = struct.Struct(PREFIX)
 
-
-def frame(message: object) -> bytes:
+def frame(message: Message) -> bytes:
     """
     @param message: A protobuf message.
     @return: C{message} serialized behind CRIU's length prefix.
     """
-    body = message.SerializeToString()  # type: ignore[attr-defined]
-    return _prefix.pack(len(body)) + body
+    return encodeHeader(message, PREFIX)
 
 
 def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:

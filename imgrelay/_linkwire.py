@@ -7,9 +7,7 @@ See C{docs/link-protocol.md}.
 
 from __future__ import annotations
 
-import struct
-
-from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
 from imgrelay._pb import link_pb2
 
 #: The link protocol's version, sent in Hello; the cache refuses others.
@@ -25,8 +23,6 @@ APPEND = link_pb2.APPEND
 
 #: The largest chunk a proxy sends and a cache accepts.
 MAX_CHUNK = 16 << 20
-
-_prefix = struct.Struct(PREFIX)
 
 ProxyMessage = link_pb2.ProxyMessage
 CacheMessage = link_pb2.CacheMessage
@@ -70,8 +66,7 @@ def frame(message: link_pb2.ProxyMessage | link_pb2.CacheMessage) -> bytes:
     """
     @return: C{message} serialized behind its length prefix.
     """
-    body = message.SerializeToString()
-    return _prefix.pack(len(body)) + body
+    return encodeHeader(message, PREFIX)
 
 
 def chunkHeader(image: int, length: int) -> bytes:

@@ -16,6 +16,13 @@ from __future__ import annotations
 LARGE_IMAGE = 1 << 20
 
 
+def rate(size: int, seconds: float) -> float:
+    """
+    @return: C{size} bytes over C{seconds}, in MB/s (0 for no time).
+    """
+    return size / seconds / 1e6 if seconds > 0 else 0.0
+
+
 def logsImage(size: int, verbose: bool) -> bool:
     """
     @param size: The image's size.

@@ -24,7 +24,7 @@ from imgrelay._integrity import ManifestEntry, RunningChecksum, manifestDigest
 from imgrelay._interfaces import IImageSink, IOutgoingImage
 from imgrelay._imagedata import ImageData
 from imgrelay._linkwire import APPEND, CREATE
-from imgrelay._logging import logsImage
+from imgrelay._logging import logsImage, rate
 from imgrelay._names import checkId, checkImageName
 from imgrelay._pipes import BufferRing
 from imgrelay._store import Image, Session
@@ -64,10 +64,6 @@ class SessionOutcome:
     images: int
     bytes: int
     seconds: float
-
-
-def _rate(size: int, seconds: float) -> float:
-    return size / seconds / 1e6 if seconds > 0 else 0.0
 
 
 @implementer(IOutgoingImage)
@@ -305,7 +301,7 @@ class ProxySession:
             self.log.info(
                 "session {session}: image {name} acknowledged, {size} bytes in {seconds:.3f} s ({rate:.1f} MB/s)",
                 session=self.name, name=image.name, snapshot=image.snapshotId,
-                size=image.checksum.size, seconds=seconds, rate=_rate(image.checksum.size, seconds),
+                size=image.checksum.size, seconds=seconds, rate=rate(image.checksum.size, seconds),
             )
 
     def doneOk(self) -> None:
@@ -325,7 +321,7 @@ class ProxySession:
             "session {session}: complete, cache confirmed {images} images, {bytes} bytes "
             "in {seconds:.3f} s ({rate:.1f} MB/s)",
             session=self.name, images=outcome.images, bytes=total, seconds=seconds,
-            rate=_rate(total, seconds),
+            rate=rate(total, seconds),
         )
         self._tellObservers(outcome)
         self.result.callback(outcome)
