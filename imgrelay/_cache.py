@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 
-from imgrelay._cachelink import CacheLinkFactory
+from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
@@ -47,6 +47,7 @@ class CacheService(MultiService):
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
         link: str = "imgrelay",
         limits: Limits = Limits(),
+        resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -62,6 +63,8 @@ class CacheService(MultiService):
         @param link: C{"imgrelay"}, or C{"criu"} to accept a CRIU
             image-proxy's format (nothing can be verified).
         @param limits: Images and bytes per session, local connections.
+        @param resumeTimeout: Seconds a session whose link broke waits for
+            its proxy to resume it before it fails.
         @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
@@ -75,7 +78,9 @@ class CacheService(MultiService):
         if link == "criu":
             self._linkFactory = CriuLinkReceiverFactory(self.slot, verbose)
         else:
-            self._linkFactory = CacheLinkFactory(self.slot, reactor.seconds, reactor, verbose, limits)
+            self._linkFactory = CacheLinkFactory(
+                self.slot, reactor.seconds, reactor, verbose, limits, resumeTimeout
+            )
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         else:
@@ -150,6 +155,7 @@ def cacheService(
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
+    resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -173,6 +179,9 @@ def cacheService(
     @param socketMode: The permission bits of the socket in C{imagesDir}.
     @param limits: Images and bytes per session, local connections at once
         (L{imgrelay.Limits}).
+    @param resumeTimeout: How long a session whose link broke waits for its
+        proxy to reconnect and resume it (120 s by default) before it fails
+        and restores waiting for it are told its images do not exist.
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -185,5 +194,5 @@ def cacheService(
         checkDirectory(imagesDir)
         local = localEndpoint(imagesDir, socket, socketMode)
     return CacheService(
-        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits, resumeTimeout
     )

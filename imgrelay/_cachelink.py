@@ -6,13 +6,14 @@ messages into verified images and answers, and the thin protocol around it.
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any, Callable, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,11 +25,11 @@ from imgrelay._integrity import RunningChecksum, manifestDigest
 from imgrelay._keepalive import watchPeer
 from imgrelay._limits import Limits
 from imgrelay._logging import logsImage, rate
-from imgrelay._linkwire import VERSION, CacheMessage, frame, proxyMessageFramer
+from imgrelay._linkwire import VERSION, CacheMessage, frame, helloFramer, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
 from imgrelay._receiver import IPayloadReceiver, SocketReceiver
-from imgrelay._store import Image, ImageData, Session, SessionSlot
+from imgrelay._store import Image, ImageData, Session, SessionSlot, SessionState
 
 #: How much the cache reads from the link at once.
 READ_SIZE = 1 << 20
@@ -148,6 +149,13 @@ class CacheLinkState:
         self._pendingView = None
         target.checksum.update(view[:n])
         target.data.commit(n)
+
+    def openProgress(self) -> list[link_pb2.ImageProgress]:
+        """
+        @return: Each image open on the link and how many of its bytes are
+            here, for a resuming proxy's log.
+        """
+        return [link_pb2.ImageProgress(image=i, bytes=incoming.checksum.size) for i, incoming in self._open.items()]
 
     def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
         if hello.version != VERSION:
@@ -301,19 +309,73 @@ class CacheLinkState:
 
     def lost(self, reason: str) -> None:
         """
-        The link closed; a session it had not completed fails.
+        The link closed for good; a session it had not completed fails.
         """
         session = self.session
         if session is not None and not session.final:
-            why = f"link lost before the session completed ({reason})"
-            self.log.error("session {session} failed: {reason}", session=session.name, reason=why)
-            session.fail(why)
+            self.log.error("session {session} failed: {reason}", session=session.name, reason=reason)
+            session.fail(reason)
+
+
+#: How long the cache keeps a session whose link broke, for the proxy to
+#: resume it: longer than the proxy's own 60 s, since either end may notice
+#: a dead peer up to a minute after the other (see L{imgrelay._keepalive}).
+DEFAULT_RESUME_TIMEOUT = 120.0
+
+
+class CacheStream:
+    """
+    One session's stream as the cache reads it, across the links that
+    carry it: the parser, the session's state, and how much of the stream
+    has been taken.
+
+    @ivar taken: Bytes of the session stream parsed so far.
+    @ivar link: The link carrying it now, if any.
+    """
+
+    def __init__(self, state: CacheLinkState, token: bytes, window: int) -> None:
+        """
+        @param state: The session's state (it has taken the hello).
+        @param token: What a resuming link must present.
+        @param window: The proxy's window: progress is reported eight times
+            per window.
+        """
+        self.state = state
+        self.framer = proxyMessageFramer()
+        self.token = token
+        self.taken = 0
+        self._reported = 0
+        self._step = max(window // 8, 1 << 20) if window else DEFAULT_PROGRESS_STEP
+        self.link: Optional[CacheLinkProtocol] = None
+        self.expiry: Optional[IDelayedCall] = None
+
+    @property
+    def session(self) -> Session:
+        """
+        @return: The session this stream fills.
+        """
+        assert self.state.session is not None
+        return self.state.session
+
+    def progress(self) -> Optional[CacheMessage]:
+        """
+        @return: A progress report, if enough was taken since the last one.
+        """
+        if self.taken - self._reported < self._step:
+            return None
+        self._reported = self.taken
+        return CacheMessage(progress=link_pb2.Progress(received=self.taken))
+
+
+#: Progress is reported this often when the proxy names no window.
+DEFAULT_PROGRESS_STEP = 8 << 20
 
 
 @implementer(IPayloadReceiver)
 class CacheLinkProtocol(Protocol):
     """
-    One link from a proxy.
+    One link from a proxy: its hello starts a session or resumes one (see
+    L{CacheLinkFactory}); the rest is that session's stream.
     """
 
     log = Logger()
@@ -330,11 +392,25 @@ class CacheLinkProtocol(Protocol):
         @param verbose: Log every image, not only large ones.
         @param limits: Images and bytes a session may bring.
         """
-        self._framer = proxyMessageFramer()
-        self.state = CacheLinkState(slot, clock, verbose, limits)
+        self._hello = helloFramer()
+        self._slot = slot
+        self._clock = clock
+        self._verbose = verbose
+        self._limits = limits
+        self.stream: Optional[CacheStream] = None
         self._closing = False
         self._reactor = reactor
         self._receiver: Optional[SocketReceiver] = None
+        #: The state of a link whose hello was refused (for L{failed}).
+        self._refusal = CacheLinkState(slot, clock, verbose, limits)
+
+    @property
+    def state(self) -> CacheLinkState:
+        """
+        @return: The state of the session this link carries (before any
+            hello, a state with no session).
+        """
+        return self.stream.state if self.stream is not None else self._refusal
 
     def _transport(self) -> ITransport:
         assert self.transport is not None, "not connected"
@@ -354,22 +430,31 @@ class CacheLinkProtocol(Protocol):
         if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
 
+    @property
+    def _attached(self) -> bool:
+        return self.stream is not None and self.stream.link is self and not self._closing
+
     def payloadTarget(self) -> Optional[memoryview]:
         """
         See L{IPayloadReceiver.payloadTarget}: inside a chunk, the free end
         of its image.
         """
-        if self._closing:
+        if not self._attached:
             return None
-        remaining = self._framer.payloadRemaining
-        return self.state.chunkTarget(remaining) if remaining else None
+        assert self.stream is not None
+        remaining = self.stream.framer.payloadRemaining
+        return self.stream.state.chunkTarget(remaining) if remaining else None
 
     def payloadReceived(self, n: int) -> None:
         """
         See L{IPayloadReceiver.payloadReceived}.
         """
-        self.state.chunkFilled(n)
-        self._framer.skipPayload(n)
+        stream = self.stream
+        assert stream is not None
+        stream.state.chunkFilled(n)
+        stream.framer.skipPayload(n)
+        stream.taken += n
+        self._reportProgress()
 
     def receiverLost(self, reason: Failure) -> None:
         """
@@ -384,21 +469,69 @@ class CacheLinkProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Feed the state machine; end the link on any error.
+        Read the hello, then feed the session's stream; end the link on any
+        error.
         """
         if self._closing:
             return
         try:
-            for event in self._framer.feed(data):
-                for reply in self.state.received(event):
-                    self._transport().write(frame(reply))
-                if self.state.refused:
-                    # An image was refused: the session is over.
-                    self._closing = True
-                    self._transport().loseConnection()
-                    return
+            if self.stream is None:
+                self._helloReceived(data)
+            elif self.stream.link is self:
+                self._feed(data)
         except (FramingError, ProtocolError, SessionError, BadName) as e:
             self._fail(str(e))
+
+    def _helloReceived(self, data: bytes) -> None:
+        events = list(self._hello.feed(data))
+        if not events:
+            return
+        event = events[0]
+        assert isinstance(event, HeaderReceived)
+        message = event.message
+        kind = message.WhichOneof("kind")
+        if kind != "hello":
+            raise ProtocolError(f"expected hello, got {kind}")
+        rest = self._hello.drain()
+        factory = self.factory if isinstance(self.factory, CacheLinkFactory) else None
+        hello = message.hello
+        if hello.resume:
+            if factory is None:
+                raise ProtocolError("this cache cannot resume sessions")
+            stream, replies = factory.resume(hello, self)
+        else:
+            state = CacheLinkState(self._slot, self._clock, self._verbose, self._limits)
+            replies = state.received(event)
+            stream = CacheStream(state, hello.resume_token, hello.window)
+            if factory is None:
+                stream.link = self
+            else:
+                factory.started(stream, self)
+        self.stream = stream
+        for reply in replies:
+            self._transport().write(frame(reply))
+        if rest:
+            self._feed(rest)
+
+    def _feed(self, data: bytes) -> None:
+        stream = self.stream
+        assert stream is not None
+        for event in stream.framer.feed(data):
+            for reply in stream.state.received(event):
+                self._transport().write(frame(reply))
+            if stream.state.refused:
+                # An image was refused: the session is over.
+                self._closing = True
+                self._transport().loseConnection()
+                return
+        stream.taken += len(data)
+        self._reportProgress()
+
+    def _reportProgress(self) -> None:
+        assert self.stream is not None
+        message = self.stream.progress()
+        if message is not None:
+            self._transport().write(frame(message))
 
     def _fail(self, reason: str) -> None:
         self._closing = True
@@ -407,41 +540,165 @@ class CacheLinkProtocol(Protocol):
             self._transport().write(frame(message))
         self._transport().loseConnection()
 
+    def replaced(self) -> None:
+        """
+        Another link resumed this one's session: drop this one.
+        """
+        self._closing = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         """
-        A session still receiving fails.
+        A session still receiving waits for the proxy to resume it.
         """
         if self._receiver is not None:
             self._receiver.close()
         if isinstance(self.factory, CacheLinkFactory):
-            self.factory.linkClosed(self)
-        self.state.lost(reason.getErrorMessage())
+            self.factory.linkClosed(self, reason)
+        elif self.stream is not None and self.stream.link is self:
+            self.stream.state.lost(f"link lost before the session completed ({reason.getErrorMessage()})")
 
 
 class CacheLinkFactory(Factory):
     """
-    Accept links from proxies into a L{SessionSlot}.
+    Accept links from proxies into a L{SessionSlot}, and keep each session
+    whose link broke for a while, for its proxy to resume it.
     """
+
+    log = Logger()
 
     def __init__(
         self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
-        verbose: bool = False, limits: Limits = Limits(),
+        verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
+        """
+        @param slot: Where sessions are claimed.
+        @param clock: The time, for rates.
+        @param reactor: Where sockets are read and timers run; the global
+            reactor by default.
+        @param verbose: Log every image, not only large ones.
+        @param limits: Images and bytes a session may bring.
+        @param resumeTimeout: Seconds a session whose link broke waits for
+            its proxy to resume it before it fails.
+        """
         self.limits = limits
         self.slot = slot
         self.clock = clock
         self.reactor = reactor
         self.verbose = verbose
+        self.resumeTimeout = resumeTimeout
         self.links: set[CacheLinkProtocol] = set()
+        self.streams: dict[str, CacheStream] = {}
         self._idleWaiters: list[Deferred[None]] = []
+
+    def _timers(self) -> IReactorTime:
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return reactor
+
+    def started(self, stream: CacheStream, link: CacheLinkProtocol) -> None:
+        """
+        C{link} started a new session on C{stream}.
+        """
+        old = self.streams.pop(stream.session.name or "", None)
+        if old is not None:
+            self._forget(old)
+        self.streams[stream.session.name or ""] = stream
+        stream.link = link
+
+    def resume(self, hello: link_pb2.Hello, link: CacheLinkProtocol) -> tuple[CacheStream, list[CacheMessage]]:
+        """
+        C{link} resumes the session its hello names.
+
+        @return: The session's stream and the answers to send.
+        @raise ProtocolError: If there is no such session to resume here.
+        @raise SessionError: If the session failed.
+        """
+        checkId("session name", hello.session)
+        stream = self.streams.get(hello.session)
+        if stream is None:
+            raise ProtocolError(
+                f"no session {hello.session!r} to resume here (it ended, expired, "
+                "or this cache restarted)"
+            )
+        if not stream.token or not hmac.compare_digest(stream.token, hello.resume_token):
+            raise ProtocolError(f"wrong resume token for session {hello.session!r}")
+        session = stream.session
+        if session.state is SessionState.FAILED:
+            raise ProtocolError(f"session {hello.session!r} failed: {session.failure}")
+        if stream.expiry is not None and stream.expiry.active():
+            stream.expiry.cancel()
+        stream.expiry = None
+        old, stream.link = stream.link, link
+        if old is not None:
+            self.log.warn(
+                "session {session}: a new link resumes it; dropping the old one", session=session.name,
+            )
+            old.replaced()
+        self.log.info(
+            "session {session}: proxy resumed the link at byte {taken} of the session stream",
+            session=session.name, taken=stream.taken,
+        )
+        replies = [
+            CacheMessage(accept=link_pb2.Accept(received=stream.taken, open_images=stream.state.openProgress()))
+        ]
+        if session.state is SessionState.COMPLETE:
+            # The proxy did not get our confirmation.
+            replies.append(CacheMessage(done_ok=link_pb2.DoneOk()))
+        return stream, replies
+
+    def linkClosed(self, link: CacheLinkProtocol, reason: Failure) -> None:
+        """
+        C{link} closed: a session it was carrying waits for a resume.
+        """
+        self.links.discard(link)
+        stream = link.stream
+        if stream is not None and stream.link is link:
+            stream.link = None
+            session = stream.session
+            if session.state is SessionState.COMPLETE and reason.check(ConnectionDone):
+                # The proxy closed after our confirmation: nothing to resume.
+                self._forget(stream)
+            elif self.streams.get(session.name or "") is stream:
+                if not session.final:
+                    self.log.warn(
+                        "session {session}: link lost ({reason}); waiting {timeout:g} s for the proxy to resume it",
+                        session=session.name, reason=reason.getErrorMessage(), timeout=self.resumeTimeout,
+                    )
+                why = reason.getErrorMessage()
+                stream.expiry = self._timers().callLater(self.resumeTimeout, self._expire, stream, why)
+        if not self.links:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _expire(self, stream: CacheStream, why: str) -> None:
+        stream.expiry = None
+        self._forget(stream)
+        stream.state.lost(
+            f"the proxy did not resume the session within {self.resumeTimeout:g} s "
+            f"after its link was lost ({why})"
+        )
+
+    def _forget(self, stream: CacheStream) -> None:
+        if stream.expiry is not None and stream.expiry.active():
+            stream.expiry.cancel()
+        stream.expiry = None
+        name = stream.session.name or ""
+        if self.streams.get(name) is stream:
+            del self.streams[name]
 
     def abortAll(self) -> None:
         """
         Close every link at once (the cache is shutting down); their
-        sessions not yet complete fail.
+        sessions not yet complete fail, with those waiting for a resume.
         """
         for link in list(self.links):
             link.transport.abortConnection()  # type: ignore[union-attr]
+        for stream in list(self.streams.values()):
+            self._forget(stream)
+            stream.state.lost("the cache is shutting down")
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -452,16 +709,6 @@ class CacheLinkFactory(Factory):
         d: Deferred[None] = Deferred()
         self._idleWaiters.append(d)
         return d
-
-    def linkClosed(self, link: CacheLinkProtocol) -> None:
-        """
-        C{link} closed.
-        """
-        self.links.discard(link)
-        if not self.links:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
 
     noisy = False
 

@@ -197,6 +197,23 @@ class Framer(Generic[M]):
             raise RuntimeError("no payload decision is pending")
         self._startPayload(length)
 
+    def drain(self) -> bytes:
+        """
+        Stop parsing while a decision is pending (after the whole of the
+        C{feed} that produced the header was consumed), and return the bytes
+        that arrived after that header: for a stream whose first message is
+        read here and the rest by another parser.
+
+        @return: What followed the header, possibly nothing.
+        @raise RuntimeError: If no decision is pending.
+        """
+        if self._state is not _State.DECIDE:
+            raise RuntimeError("drain needs a pending payload decision")
+        rest = bytes(self._stash)
+        self._stash.clear()
+        self._state = _State.FAILED
+        return rest
+
     def _startPayload(self, length: int) -> None:
         if length < 0:
             raise MalformedHeader(f"negative payload length {length}")

@@ -55,6 +55,20 @@ def proxyMessageFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[link_p
     return Framer(_decodeProxy, PREFIX, maxHeaderSize)
 
 
+def helloFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[link_pb2.ProxyMessage]:
+    """
+    @return: A framer for the first message of a link, which stops there: it
+        awaits a decision after that header, so L{Framer.drain} hands over
+        what followed it.
+    """
+
+    def decode(data: bytes) -> tuple[link_pb2.ProxyMessage, None]:
+        message, _ = _decodeProxy(data)
+        return message, None
+
+    return Framer(decode, PREFIX, maxHeaderSize)
+
+
 def cacheMessageFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[link_pb2.CacheMessage]:
     """
     @return: A framer for what the proxy receives.

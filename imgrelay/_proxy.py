@@ -12,7 +12,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import ClientFactory, Factory
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,7 +20,9 @@ from imgrelay._criulink import CriuLinkSenderFactory
 from imgrelay._errors import SessionError
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
+from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay._proxylink import ProxyLinkFactory
+from imgrelay._reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import ProxyRemoteBackend
@@ -66,6 +68,8 @@ class ProxyService(MultiService):
         tlsHostname: Optional[str] = None,
         link: str = "imgrelay",
         limits: Limits = Limits(),
+        window: int = DEFAULT_WINDOW,
+        reconnectTimeout: float = DEFAULT_GIVE_UP,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -84,9 +88,18 @@ class ProxyService(MultiService):
             in its own format (no acknowledgement, no checksum).
         @param limits: Local connections at once (the cache enforces the
             per-session limits).
-        @raise ValueError: For an unknown protocol, unreadable TLS files, or
-            no host name to check the cache's certificate against.
+        @param window: The most bytes of a session held unacknowledged by
+            the cache, to send again after a broken link.
+        @param reconnectTimeout: Seconds without a link accepted by the
+            cache after which a session fails.
+        @raise ValueError: For an unknown protocol, unreadable TLS files,
+            no host name to check the cache's certificate against, or a
+            window under L{MIN_WINDOW}.
         """
+        if window < MIN_WINDOW:
+            raise ValueError(f"window of {window} bytes is under {MIN_WINDOW}")
+        self.window = window
+        self.reconnectTimeout = reconnectTimeout
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
         if link not in LINKS:
@@ -158,16 +171,17 @@ class ProxyService(MultiService):
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
         )
-        factory: ClientFactory
-        if self.link == "criu":
-            factory = CriuLinkSenderFactory(session)
-        else:
-            factory = ProxyLinkFactory(session, self._reactor)
-        d = self._connect.connect(factory)
-        d.addErrback(
-            lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
-        )
         session.addOverObserver(lambda result: self._ended(result, session))
+        if self.link == "criu":
+            d = self._connect.connect(CriuLinkSenderFactory(session))
+            d.addErrback(
+                lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
+            )
+        else:
+            LinkDriver(
+                self._connect, ProxyLinkFactory(session, self._reactor, self.window), self._reactor,
+                self.connectDescription, self.reconnectTimeout,
+            ).start()
         return session
 
     def _ended(self, result: Union[SessionOutcome, Failure], session: ProxySession) -> None:
@@ -190,6 +204,8 @@ def proxyService(
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
+    window: int = DEFAULT_WINDOW,
+    reconnectTimeout: float = DEFAULT_GIVE_UP,
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -217,6 +233,11 @@ def proxyService(
         handshake, no checksums.
     @param socketMode: The permission bits of the socket in C{imagesDir}.
     @param limits: Local connections at once (L{imgrelay.Limits}).
+    @param window: The most bytes of a session held unacknowledged by the
+        cache (64 MiB by default): CRIU's pipes are held when it is full.
+    @param reconnectTimeout: After a broken link, the proxy reconnects with
+        back-off and resumes the session; it fails the session after this
+        many seconds without a link the cache accepted (60 by default).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -232,7 +253,7 @@ def proxyService(
         local = localEndpoint(imagesDir, socket, socketMode)
     return ProxyService(
         reactor, local, connect, sessionName, verbose, protocol, idleTimeout,
-        tls, tlsHostname, link, limits,
+        tls, tlsHostname, link, limits, window, reconnectTimeout,
     )
 
 

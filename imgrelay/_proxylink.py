@@ -1,12 +1,12 @@
 # -*- test-case-name: tests.test_proxylink -*-
 """
-The proxy's end of the link: says hello, carries a L{ProxySession}'s images
-to the cache, and reports the cache's answers back to the session.
+The proxy's end of one link connection: says hello, writes the session
+stream a L{LinkStream} hands it, and reports the cache's answers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Sequence
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -15,48 +15,42 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgrelay._framing import FramingError, HeaderReceived
-from imgrelay._linkwire import (
-    CREATE,
-    MAX_CHUNK,
-    VERSION,
-    ProxyMessage,
-    cacheMessageFramer,
-    chunkHeader,
-    frame,
-)
 from imgrelay._keepalive import watchPeer
+from imgrelay._linkstream import DEFAULT_WINDOW, IConnection, LinkStream
+from imgrelay._linkwire import cacheMessageFramer, frame
+from imgrelay._outbound import Buffer
 from imgrelay._pb import link_pb2
-from imgrelay._pipes import BufferRing
-from imgrelay._proxysession import ILinkSender, ProxySession
+from imgrelay._proxysession import ProxySession
 from imgrelay._senders import ISender, SocketSender, TransportSender
 
 
-@implementer(ILinkSender, IPushProducer)
+@implementer(IConnection, IPushProducer)
 class ProxyLinkProtocol(Protocol):
     """
-    One link to a cache, for one session.
+    One connection to a cache, carrying a session's L{LinkStream}: a new
+    session on the first connection, the same session resumed on the next.
     """
 
     log = Logger()
 
-    def __init__(self, session: ProxySession, reactor: Any = None) -> None:
+    def __init__(self, stream: LinkStream, reactor: Any = None) -> None:
         """
-        @param session: The session this link carries.
+        @param stream: The session's stream this connection carries.
         @param reactor: Where a plain TCP link's socket is written; the
             global reactor by default.
         """
-        self.session = session
+        self.stream = stream
+        self.session = stream.session
         self._reactor = reactor
         self._framer = cacheMessageFramer()
         self._closed = False
+        self._accepted = False
         self._sender: ISender
-        self.ring: Optional[BufferRing] = None
 
     def connectionMade(self) -> None:
         """
         Choose how to send (straight from the pipes' buffers on a plain TCP
-        socket), say hello, and pause the session's pipes whenever the link
-        holds enough unsent data.
+        socket) and say hello.
         """
         transport = self.transport
         assert transport is not None
@@ -66,70 +60,25 @@ class ProxyLinkProtocol(Protocol):
             from twisted.internet import reactor
         sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
         self._sender = sender if sender is not None else TransportSender(transport, self)
-        if sender is not None:
-            # The socket is written straight from the read buffers: they
-            # can be read into again once sent.
-            self.ring = BufferRing(lambda: sender.written, lambda: sender.queued)
-        self._send(ProxyMessage(hello=link_pb2.Hello(version=VERSION, session=self.session.name)))
+        self._sender.send([frame(self.stream.hello())])
 
     def _sendFailed(self, error: Exception) -> None:
-        self.session.failed(f"sending to the cache failed: {error}")
+        self.log.error("sending to the cache failed: {error}", error=error)
         self._abort()
 
-    def _send(self, message: ProxyMessage) -> None:
+    # IConnection
+
+    def write(self, pieces: Sequence[Buffer]) -> None:
+        """
+        See L{IConnection.write}.
+        """
         if not self._closed:
-            self._sender.send([frame(message)])
+            self._sender.send(pieces)
 
-    # ILinkSender
-
-    def sendOpen(self, image: int, snapshotId: str, name: str, mode: int = CREATE) -> None:
+    def close(self) -> None:
         """
-        See L{ILinkSender.sendOpen}.
+        See L{IConnection.close}.
         """
-        self._send(
-            ProxyMessage(open=link_pb2.ImageOpen(image=image, name=name, snapshot_id=snapshotId, mode=mode))  # type: ignore[arg-type]
-        )
-
-    def sendSnapshot(self, snapshotId: str) -> None:
-        """
-        See L{ILinkSender.sendSnapshot}.
-        """
-        self._send(ProxyMessage(snapshot=link_pb2.SnapshotPush(snapshot_id=snapshotId)))
-
-    def sendChunk(self, image: int, data: bytes) -> None:
-        """
-        See L{ILinkSender.sendChunk}.
-        """
-        if self._closed or not data:
-            return
-        if len(data) <= MAX_CHUNK:
-            self._sender.send([chunkHeader(image, len(data)), data])
-            return
-        view = memoryview(data)
-        for start in range(0, len(view), MAX_CHUNK):
-            piece = view[start : start + MAX_CHUNK]
-            self._sender.send([chunkHeader(image, len(piece)), piece])
-
-    def sendClose(self, image: int, size: int, crc: int) -> None:
-        """
-        See L{ILinkSender.sendClose}.
-        """
-        self._send(ProxyMessage(close=link_pb2.ImageClose(image=image, size=size, crc32c=crc)))
-
-    def sendDone(self, images: int, size: int, digest: bytes) -> None:
-        """
-        See L{ILinkSender.sendDone}.
-        """
-        self._send(ProxyMessage(done=link_pb2.Done(images=images, bytes=size, manifest_sha256=digest)))
-
-    def sendAbort(self, reason: str) -> None:
-        """
-        See L{ILinkSender.sendAbort}.
-        """
-        self._send(ProxyMessage(abort=link_pb2.Abort(reason=reason)))
-        self._close()
-
-    def _close(self) -> None:
         if not self._closed:
             self._closed = True
             transport = self.transport
@@ -145,7 +94,7 @@ class ProxyLinkProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Dispatch the cache's answers to the session.
+        Dispatch the cache's answers.
         """
         if self._closed:
             return
@@ -157,18 +106,26 @@ class ProxyLinkProtocol(Protocol):
                     return
         except FramingError as e:
             self.session.failed(f"cache sent malformed data: {e}")
-            self._close()
+            self.close()
 
     def _handle(self, message: link_pb2.CacheMessage) -> None:
         kind = message.WhichOneof("kind")
         session = self.session
         if kind == "accept":
-            session.accepted(self)
+            if self._accepted:
+                session.failed("the cache accepted the session twice")
+            else:
+                self._accepted = True
+                self.stream.attach(self, message.accept)
+        elif not self._accepted and kind not in ("refuse", "failed"):
+            session.failed(f"cache sent {kind} before accepting the session")
+        elif kind == "progress":
+            self.stream.progress(message.progress.received)
         elif kind == "ack":
-            session.acked(message.ack.image)
+            self.stream.imageAcked(message.ack.image)
         elif kind == "done_ok":
             session.doneOk()
-            self._close()
+            self.close()
         elif kind == "refuse":
             session.failed(f"cache refused the session: {message.refuse.reason}")
         elif kind == "image_refused":
@@ -176,16 +133,19 @@ class ProxyLinkProtocol(Protocol):
         elif kind == "failed":
             session.failed(f"cache failed the session: {message.failed.reason}")
         if session.over:
-            self._close()
+            self.close()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         """
-        A session not yet confirmed fails.
+        The stream waits for another connection (or the session is over).
         """
         self._closed = True
         self._sender.abort()
-        if not self.session.over:
-            self.session.failed(f"link to the cache lost: {reason.getErrorMessage()}")
+        if not self._accepted and _isTLSError(reason) and not self.session.over:
+            # A certificate the other end refuses will not get better by
+            # trying again.
+            self.session.failed(f"TLS with the cache failed: {reason.getErrorMessage()}")
+        self.stream.detach(self, reason.getErrorMessage())
 
     # IPushProducer, for the link's transport.
 
@@ -193,7 +153,8 @@ class ProxyLinkProtocol(Protocol):
         """
         The link's send buffer is full: hold every pipe.
         """
-        self.session.pause()
+        if self._accepted and not self._closed:
+            self.session.pause()
 
     def resumeProducing(self) -> None:
         """
@@ -207,6 +168,11 @@ class ProxyLinkProtocol(Protocol):
         """
 
 
+def _isTLSError(reason: Failure) -> bool:
+    # Without importing OpenSSL, which only a TLS link loads.
+    return type(reason.value).__module__.split(".")[0] in ("OpenSSL", "service_identity")
+
+
 class ProxyLinkFactory(ClientFactory):
     """
     Build the link protocol for one session.
@@ -214,14 +180,20 @@ class ProxyLinkFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, session: ProxySession, reactor: Any = None) -> None:
+    def __init__(self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW) -> None:
+        """
+        @param session: The session every connection carries.
+        @param reactor: Where plain TCP sockets are written.
+        @param window: The most bytes held unacknowledged.
+        """
         self.session = session
         self.reactor = reactor
+        self.stream = LinkStream(session, window)
 
     def buildProtocol(self, addr: object) -> ProxyLinkProtocol:
         """
-        @return: The protocol for the session's link.
+        @return: A protocol for one connection of the session's link.
         """
-        p = ProxyLinkProtocol(self.session, self.reactor)
+        p = ProxyLinkProtocol(self.stream, self.reactor)
         p.factory = self
         return p

@@ -127,8 +127,9 @@ class ProxySession:
         the final handshake, or fails with L{SessionError}: for the one
         local side that drives the session, which must handle the failure.
         Others watch with L{addOverObserver}.
-    @ivar paused: Whether the image producers are held (link not accepted
-        yet, or its send buffer full).
+    @ivar paused: Whether the image producers are held: no link accepted
+        (yet, or again), its send buffer full, or its unacknowledged window
+        full.
     """
 
     log = Logger()
@@ -151,7 +152,7 @@ class ProxySession:
         self.clock = clock
         self.ready: Deferred[None] = Deferred()
         self.result: Deferred[SessionOutcome] = Deferred()
-        self.paused = True
+        self._holds: set[str] = {"link"}
         self._link: Optional[ILinkSender] = None
         self._open: dict[int, OutgoingImage] = {}
         self._unacked: dict[int, OutgoingImage] = {}
@@ -285,7 +286,7 @@ class ProxySession:
         self._link = link
         self.log.info("session {session}: cache accepted the link", session=self.name)
         self.ready.callback(None)
-        self.resume()
+        self.release("link")
         self._maybeDone()
 
     def acked(self, imageId: int) -> None:
@@ -364,24 +365,52 @@ class ProxySession:
         """
         return self._over
 
-    # Backpressure from the link's transport.
+    # Backpressure: the image producers run only while nothing holds them.
 
-    def pause(self) -> None:
+    @property
+    def paused(self) -> bool:
         """
-        Stop every image's producer.
+        Whether anything holds the image producers.
         """
-        self.paused = True
-        for image in self._open.values():
-            if image.producer is not None:
-                image.producer.pauseProducing()
+        return bool(self._holds)
 
-    def resume(self) -> None:
+    def hold(self, reason: str) -> None:
         """
-        Let every image's producer go on.
+        Stop every image's producer until C{reason} is released.
+
+        @param reason: C{"link"} (no link), C{"send"} (the link's buffer is
+            full), C{"window"} (too much unacknowledged), or another cause.
         """
-        if self._link is None or self._over:
+        if reason in self._holds:
             return
-        self.paused = False
+        self._holds.add(reason)
+        if len(self._holds) == 1:
+            for image in self._open.values():
+                if image.producer is not None:
+                    image.producer.pauseProducing()
+
+    def release(self, reason: str) -> None:
+        """
+        C{reason} no longer holds the producers; they go on if nothing else
+        does.
+        """
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if self._holds or self._link is None or self._over:
+            return
         for image in list(self._open.values()):
             if image.producer is not None:
                 image.producer.resumeProducing()
+
+    def pause(self) -> None:
+        """
+        The link's send buffer is full: hold every image's producer.
+        """
+        self.hold("send")
+
+    def resume(self) -> None:
+        """
+        The link's send buffer drained.
+        """
+        self.release("send")

@@ -17,11 +17,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from imgrelay._cache import cacheService
+from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT
 from imgrelay._exit import stopWithStatus
 from imgrelay._limits import Limits
+from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
 from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
+from imgrelay._reconnect import DEFAULT_GIVE_UP
 from imgrelay._store import Session, SessionState
 from imgrelay._tls import TLSFiles, hostOf, load
 
@@ -52,6 +55,13 @@ def _seconds(value: str) -> float:
     if not seconds > 0:
         raise ValueError(f"{value!r} is not a positive number of seconds")
     return seconds
+
+
+def _window(value: str) -> int:
+    window = int(value)
+    if window < MIN_WINDOW:
+        raise ValueError(f"{value!r} is under the smallest window, {MIN_WINDOW} bytes")
+    return window
 
 
 def _imagesDir(value: str) -> str:
@@ -114,6 +124,10 @@ class ProxyOptions(_Options):
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-capture.sock."],
         ["session", None, None, "Session name sent to the cache (default: HOST:DIR)."],
         ["tls-hostname", None, None, "With TLS: the name the cache's certificate must carry (default: --connect's host)."],
+        ["window", None, DEFAULT_WINDOW, "Bytes of a session held until the cache acknowledges them, to send again "
+         "after a broken link; CRIU's pipes wait while it is full (at least 4194304).", _window],
+        ["reconnect-timeout", None, DEFAULT_GIVE_UP, "After a broken link, reconnect with back-off and resume the "
+         "session; fail it after this many seconds without a link the cache accepted.", _seconds],
     ]
 
     def postOptions(self) -> None:
@@ -148,6 +162,8 @@ class CacheOptions(_Options):
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
         ["max-images", None, Limits().maxImages, "Images one session may hold.", _positive],
         ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", _positive],
+        ["resume-timeout", None, DEFAULT_RESUME_TIMEOUT, "Seconds a session whose link broke waits for its proxy to "
+         "resume it; then it fails and restores are told its images do not exist.", _seconds],
     ]
 
     def postOptions(self) -> None:
@@ -208,7 +224,8 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
         options["tls"], options["tls-hostname"], options["link"], options["socket-mode"],
-        Limits(maxLocalConnections=options["max-local-connections"]),
+        Limits(maxLocalConnections=options["max-local-connections"]), options["window"],
+        options["reconnect-timeout"],
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -239,6 +256,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
         Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
+        options["resume-timeout"],
     )
     if options["oneshot"]:
 

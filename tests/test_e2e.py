@@ -101,9 +101,10 @@ class EndToEndTests(SynchronousTestCase):
 
     def test_cacheUnreachable(self) -> None:
         """
-        With no cache listening, a oneshot proxy exits 1 naming the cause.
+        With no cache listening, a oneshot proxy retries until its
+        reconnect timeout, then exits 1 naming the cause.
         """
-        proxy = self.proxy("--oneshot")
+        proxy = self.proxy("--oneshot", "--reconnect-timeout", "0.5")
         proxy.waitFor(path=self.capture)
         dumper = criu.StreamDumper(self.capture)
         try:
@@ -113,6 +114,8 @@ class EndToEndTests(SynchronousTestCase):
         dumper.close()
         self.assertEqual(proxy.wait(), 1)
         self.assertIn("cannot reach the cache", proxy.log())
+        self.assertIn("no link to the cache", proxy.log())
+        self.assertIn("for 0.5 s (last error: Connection was refused", proxy.log())
 
     def test_bindError(self) -> None:
         """

@@ -52,6 +52,10 @@ CACHE_MESSAGES = [
     CacheMessage(image_refused=link_pb2.ImageRefused(image=7, reason="crc mismatch")),
     CacheMessage(done_ok=link_pb2.DoneOk()),
     CacheMessage(failed=link_pb2.SessionFailed(reason="2 images still open")),
+    CacheMessage(
+        accept=link_pb2.Accept(received=1 << 40, open_images=[link_pb2.ImageProgress(image=3, bytes=12)])
+    ),
+    CacheMessage(progress=link_pb2.Progress(received=123456789)),
 ]
 
 

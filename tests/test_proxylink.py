@@ -29,6 +29,7 @@ from imgrelay._linkwire import (
     proxyMessageFramer,
 )
 from imgrelay._pb import link_pb2
+from imgrelay._linkstream import DEFAULT_WINDOW, IConnection
 from imgrelay._proxylink import ProxyLinkFactory, ProxyLinkProtocol
 from imgrelay._proxysession import ILinkSender, ProxySession, SessionOutcome
 from imgrelay._store import SessionSlot, SessionState
@@ -82,7 +83,9 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.session = ProxySession("mig", self.clock.seconds)
-        self.protocol = ProxyLinkProtocol(self.session)
+        self.factory = ProxyLinkFactory(self.session)
+        self.stream = self.factory.stream
+        self.protocol = self.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -103,19 +106,31 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
 
     def test_interfaces(self) -> None:
         """
-        L{ProxyLinkProtocol} provides L{ILinkSender} and L{IPushProducer}.
+        L{ProxyLinkProtocol} provides L{IConnection} and L{IPushProducer};
+        the stream it carries is the session's L{ILinkSender}.
         """
-        self.assertTrue(verifyObject(ILinkSender, self.protocol))
+        self.assertTrue(verifyObject(IConnection, self.protocol))
         self.assertTrue(verifyObject(IPushProducer, self.protocol))
+        self.assertTrue(verifyObject(ILinkSender, self.stream))
 
     def test_hello(self) -> None:
         """
-        On connection the proxy says hello with its version and session
-        name, and registers itself as the transport's streaming producer.
+        On connection the proxy says hello with its version, session name,
+        resume token and window (not resuming), and registers itself as the
+        transport's streaming producer.
         """
         self.assertEqual(
-            self.sent(), [ProxyMessage(hello=link_pb2.Hello(version=VERSION, session="mig"))]
+            self.sent(),
+            [
+                ProxyMessage(
+                    hello=link_pb2.Hello(
+                        version=VERSION, session="mig", resume_token=self.stream.token,
+                        resume=False, window=DEFAULT_WINDOW,
+                    )
+                )
+            ],
         )
+        self.assertEqual(len(self.stream.token), 16)
         self.assertIs(self.transport.producer, self.protocol)
         self.assertTrue(self.transport.streaming)
 
@@ -161,7 +176,7 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
         self.protocol.dataReceived(ACCEPT)
         self.sent()
         data = b"\1" * MAX_CHUNK + b"tail"
-        self.protocol.sendChunk(3, data)
+        self.stream.sendChunk(3, data)
         sent = self.sent()
         self.assertEqual(
             sent[0::2],
@@ -177,7 +192,7 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
         A write of nothing sends nothing.
         """
         self.sent()
-        self.protocol.sendChunk(1, b"")
+        self.stream.sendChunk(1, b"")
         self.assertEqual(self.transport.value(), b"")
 
     def test_doneOk(self) -> None:
@@ -249,21 +264,37 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
 
     def test_connectionLost(self) -> None:
         """
-        The link closing before the session completed fails it.
+        The link closing before the session completed does not fail it: the
+        session's producers are held until another connection resumes it
+        (the L{LinkDriver} gives up after a while).
         """
         self.protocol.dataReceived(ACCEPT)
+        producer = FakeProducer()
+        self.session.openImage("", "a.img").attachProducer(producer)
         self.protocol.connectionLost(Failure(ConnectionLost("reset")))
-        f = self.failureResultOf(self.session.result, SessionError)
-        self.assertIn("link to the cache lost", str(f.value))
-        self.assertIn("reset", str(f.value))
+        self.assertNoResult(self.session.result)
+        self.assertTrue(self.session.paused)
+        self.assertFalse(self.stream.connected)
+        self.assertEqual(producer.calls, ["resume", "pause"])
 
     def test_connectionLostBeforeAccept(self) -> None:
         """
-        The link closing before the cache answered fails C{ready} too.
+        The link closing before the cache answered leaves the session
+        waiting for another connection.
         """
         self.protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertNoResult(self.session.ready)
+        self.assertNoResult(self.session.result)
+
+    def test_answerBeforeAccept(self) -> None:
+        """
+        Anything but accept, refuse or failed before the cache accepted the
+        session fails it.
+        """
+        self.protocol.dataReceived(cacheBytes(progress=link_pb2.Progress(received=0)))
+        f = self.failureResultOf(self.session.result, SessionError)
+        self.assertIn("before accepting", str(f.value))
         self.failureResultOf(self.session.ready, SessionError)
-        self.failureResultOf(self.session.result, SessionError)
 
     def test_abortClosesAndSilences(self) -> None:
         """
@@ -275,9 +306,9 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
         self.failureResultOf(self.session.result, SessionError)
         self.assertEqual(self.sent(), [ProxyMessage(abort=link_pb2.Abort(reason="CRIU died"))])
         self.assertTrue(self.transport.disconnecting)
-        self.protocol.sendOpen(9, "", "a.img")
-        self.protocol.sendChunk(9, b"data")
-        self.protocol.sendDone(0, 0, b"")
+        self.stream.sendOpen(9, "", "a.img")
+        self.stream.sendChunk(9, b"data")
+        self.stream.sendDone(0, 0, b"")
         self.assertEqual(self.transport.value(), b"")
 
     def test_backpressure(self) -> None:
@@ -311,6 +342,7 @@ class ProxyLinkFactoryTests(SynchronousTestCase):
         protocol = factory.buildProtocol(None)
         self.assertIsInstance(protocol, ProxyLinkProtocol)
         self.assertIs(protocol.session, session)
+        self.assertIs(protocol.stream, factory.stream)
         self.assertIs(protocol.factory, factory)
 
 
@@ -347,6 +379,7 @@ class LinkPairTests(SynchronousTestCase):
         self.clock = Clock()
         self.slot = SessionSlot(clock=self.clock.seconds)
         self.session = ProxySession("mig", self.clock.seconds)
+        self.proxyFactory = ProxyLinkFactory(self.session)
 
     def connect(
         self, serverTransportFactory: Optional[Callable[[CacheLinkProtocol], FakeTransport]] = None
@@ -360,7 +393,7 @@ class LinkPairTests(SynchronousTestCase):
             kwargs["serverTransportFactory"] = serverTransportFactory
         return connectedServerAndClient(
             lambda: CacheLinkProtocol(self.slot, self.clock.seconds),
-            lambda: ProxyLinkProtocol(self.session),
+            lambda: self.proxyFactory.buildProtocol(None),
             **kwargs,
         )
 
@@ -452,8 +485,10 @@ class LinkPairTests(SynchronousTestCase):
 
     def test_connectionLostMidSession(self) -> None:
         """
-        The link breaking in the middle of an image fails the session on
-        both sides.
+        The link breaking in the middle of an image fails the session on a
+        cache link that has no factory to keep it for a resume (see
+        L{tests.test_resume} for resuming); the proxy waits for another
+        connection.
         """
         client, server, pump = self.connect()
         image = self.session.openImage("", "a.img")
@@ -465,8 +500,8 @@ class LinkPairTests(SynchronousTestCase):
             transport.disconnectReason = ConnectionLost("network down")
         pump.serverIO.loseConnection()
         pump.flush()
-        f = self.failureResultOf(self.session.result, SessionError)
-        self.assertIn("link to the cache lost", str(f.value))
+        self.assertNoResult(self.session.result)
+        self.assertTrue(self.session.paused)
         cached = server.state.session
         assert cached is not None
         self.assertIs(cached.state, SessionState.FAILED)

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -16,12 +17,18 @@ REPLACE: OpenMode
 APPEND: OpenMode
 
 class Hello(_message.Message):
-    __slots__ = ("version", "session")
+    __slots__ = ("version", "session", "resume_token", "resume", "window")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     version: int
     session: str
-    def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
+    resume_token: bytes
+    resume: bool
+    window: int
+    def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ..., resume_token: _Optional[bytes] = ..., resume: _Optional[bool] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ImageOpen(_message.Message):
     __slots__ = ("image", "name", "snapshot_id", "mode")
@@ -93,9 +100,27 @@ class ProxyMessage(_message.Message):
     snapshot: SnapshotPush
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotPush, _Mapping]] = ...) -> None: ...
 
+class ImageProgress(_message.Message):
+    __slots__ = ("image", "bytes")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    bytes: int
+    def __init__(self, image: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
 class Accept(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("received", "open_images")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    OPEN_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    open_images: _containers.RepeatedCompositeFieldContainer[ImageProgress]
+    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("received",)
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    def __init__(self, received: _Optional[int] = ...) -> None: ...
 
 class Refuse(_message.Message):
     __slots__ = ("reason",)
@@ -128,17 +153,19 @@ class SessionFailed(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class CacheMessage(_message.Message):
-    __slots__ = ("accept", "refuse", "ack", "image_refused", "done_ok", "failed")
+    __slots__ = ("accept", "refuse", "ack", "image_refused", "done_ok", "failed", "progress")
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REFUSE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REFUSED_FIELD_NUMBER: _ClassVar[int]
     DONE_OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     accept: Accept
     refuse: Refuse
     ack: ImageAck
     image_refused: ImageRefused
     done_ok: DoneOk
     failed: SessionFailed
-    def __init__(self, accept: _Optional[_Union[Accept, _Mapping]] = ..., refuse: _Optional[_Union[Refuse, _Mapping]] = ..., ack: _Optional[_Union[ImageAck, _Mapping]] = ..., image_refused: _Optional[_Union[ImageRefused, _Mapping]] = ..., done_ok: _Optional[_Union[DoneOk, _Mapping]] = ..., failed: _Optional[_Union[SessionFailed, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, accept: _Optional[_Union[Accept, _Mapping]] = ..., refuse: _Optional[_Union[Refuse, _Mapping]] = ..., ack: _Optional[_Union[ImageAck, _Mapping]] = ..., image_refused: _Optional[_Union[ImageRefused, _Mapping]] = ..., done_ok: _Optional[_Union[DoneOk, _Mapping]] = ..., failed: _Optional[_Union[SessionFailed, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
