@@ -495,7 +495,8 @@ class CacheLinkProtocol(Protocol):
         rest = self._hello.drain()
         factory = self.factory if isinstance(self.factory, CacheLinkFactory) else None
         hello = message.hello
-        if hello.resume:
+        if hello.resume or (factory is not None and factory.knows(hello)):
+            # A resume, or a first hello again because our accept was lost.
             if factory is None:
                 raise ProtocolError("this cache cannot resume sessions")
             stream, replies = factory.resume(hello, self)
@@ -606,6 +607,14 @@ class CacheLinkFactory(Factory):
             self._forget(old)
         self.streams[stream.session.name or ""] = stream
         stream.link = link
+
+    def knows(self, hello: link_pb2.Hello) -> bool:
+        """
+        @return: Whether C{hello} names a session kept here under the token
+            it presents.
+        """
+        stream = self.streams.get(hello.session)
+        return stream is not None and bool(stream.token) and hmac.compare_digest(stream.token, hello.resume_token)
 
     def resume(self, hello: link_pb2.Hello, link: CacheLinkProtocol) -> tuple[CacheStream, list[CacheMessage]]:
         """

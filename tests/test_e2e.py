@@ -17,9 +17,9 @@ from imgrelay.testing import criu
 from imgrelay.testing.daemons import Daemon, freePort
 
 
-class EndToEndTests(SynchronousTestCase):
+class _DaemonCase(SynchronousTestCase):
     """
-    A migration through C{twistd imgrelay-proxy} and C{twistd imgrelay-cache}.
+    Starts the daemons in a fresh directory, on a free port.
     """
 
     def setUp(self) -> None:
@@ -46,6 +46,12 @@ class EndToEndTests(SynchronousTestCase):
         return self.daemon(
             "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={self.port}", "--images-dir", self.dumpDir, *extra
         )
+
+
+class EndToEndTests(_DaemonCase):
+    """
+    A migration through C{twistd imgrelay-proxy} and C{twistd imgrelay-cache}.
+    """
 
     def test_migration(self) -> None:
         """
@@ -178,3 +184,117 @@ class RemoteEndToEndTests(SynchronousTestCase):
         self.assertIsNone(restore.read("/mig/d3", "memfd.img"))
         restore.finish(criu.O_RDONLY)
         self.assertEqual(cache.wait(), 0, cache.log())
+
+
+class CuttingRelay:
+    """
+    A TCP relay between proxy and cache, in a thread, that resets every
+    connection it carries after each C{every} bytes from the proxy: a
+    network that keeps breaking.
+    """
+
+    def __init__(self, target: int, every: int) -> None:
+        self.target = target
+        self.every = every
+        self.cuts = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+        import struct
+
+        self.listener.settimeout(0.2)
+        forwarded = 0
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            peers = {client: server, server: client}
+            open_ = True
+            while open_ and not self._stop:
+                readable, _, _ = select.select(list(peers), [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        open_ = False
+                        break
+                    if sock is client:
+                        room = self.every - forwarded % self.every
+                        if len(data) >= room:
+                            peers[sock].sendall(data[:room])
+                            forwarded += room
+                            open_ = False
+                            break
+                        forwarded += len(data)
+                    peers[sock].sendall(data)
+            for sock in (client, server):
+                # A reset, not an orderly close.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            if not self._stop:
+                self.cuts += 1
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.listener.close()
+
+
+class ResumeEndToEndTests(_DaemonCase):
+    """
+    A migration through the real daemons over a link that breaks again and
+    again: the proxy reconnects and resumes, the images arrive byte for byte.
+    """
+
+    def test_linkKeepsBreaking(self) -> None:
+        """
+        A 200 MiB image and 50 small files cross a link reset after every
+        24 MiB the proxy sends, restored as they arrive; both oneshot
+        daemons exit 0 and the logs show the resumes.
+        """
+        relay = CuttingRelay(self.port, 24 << 20)
+        self.addCleanup(relay.stop)
+        cache = self.cache("--oneshot")
+        proxy = self.daemon(
+            "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={relay.port}", "--images-dir", self.dumpDir,
+            "--oneshot",
+        )
+        cache.waitFor(path=self.serve)
+        proxy.waitFor(path=self.capture)
+        images = {f"small-{i}.img": os.urandom(100 + 97 * i) for i in range(50)}
+        images["pages-1.img"] = criu.patternBytes("pages-1.img", 200 << 20)
+        restored: dict[str, Optional[bytes]] = {}
+
+        def restore() -> None:
+            r = criu.StreamRestorer(self.serve)
+            restored.update(r.fetchAll(sorted(images)))
+            r.close()
+
+        restorer = threading.Thread(target=restore)
+        restorer.start()
+        dumper = criu.StreamDumper(self.capture)
+        big = dumper.open("pages-1.img")
+        for name in sorted(images):
+            if name != "pages-1.img":
+                dumper.send(name, images[name])
+        criu.writeAll(big, images["pages-1.img"])
+        os.close(big)
+        dumper.close()
+        restorer.join(120)
+        self.assertFalse(restorer.is_alive())
+        self.assertEqual(proxy.wait(), 0, proxy.log())
+        self.assertEqual(cache.wait(), 0, cache.log())
+        self.assertEqual(sorted(restored), sorted(images))
+        for name, content in images.items():
+            self.assertEqual(restored[name], content, name)
+        self.assertGreaterEqual(relay.cuts, 8)
+        self.assertIn("link resumed", proxy.log())
+        self.assertIn("proxy resumed the link", cache.log())
