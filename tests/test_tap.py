@@ -17,7 +17,8 @@ from zope.interface.verify import verifyObject
 
 from imgrelay import _exit
 from imgrelay._cache import CacheService
-from imgrelay._proxy import ProxyService
+from imgrelay._names import checkSessionDirName
+from imgrelay._proxy import ProxyService, defaultSessionName
 from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
 
 
@@ -55,7 +56,8 @@ class OptionsTests(SynchronousTestCase):
     def test_proxyOptions(self) -> None:
         """
         A full proxy command line parses into the expected values, with a
-        session name derived from the host and the directory.
+        session name derived from the host and the directory that is a safe
+        directory name on the cache.
         """
         options = ProxyOptions()
         options.parseOptions(["--images-dir", self.dir, "--connect", "tcp:host=dest:port=7070", "--oneshot"])
@@ -63,7 +65,9 @@ class OptionsTests(SynchronousTestCase):
             {k: options[k] for k in ("images-dir", "connect", "local", "oneshot")},
             {"images-dir": self.dir, "connect": "tcp:host=dest:port=7070", "local": None, "oneshot": 1},
         )
-        self.assertTrue(options["session"].endswith(":" + self.dir))
+        self.assertEqual(options["session"], defaultSessionName(self.dir))
+        self.assertIn("-" + os.path.basename(self.dir) + "-", options["session"])
+        self.assertEqual(checkSessionDirName(options["session"]), options["session"])
 
     def test_cacheOptions(self) -> None:
         """
