@@ -12,7 +12,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
@@ -68,6 +68,8 @@ class CacheService(MultiService):
     @ivar slot: The session being received and served (with one images
         directory), or None.
     @ivar registry: The sessions by name (with a sessions root), or None.
+    @ivar directories: Their directories and sockets (with a sessions
+        root), or None.
     """
 
     log = Logger()
@@ -82,6 +84,7 @@ class CacheService(MultiService):
         maxSessions: int = DEFAULT_MAX_SESSIONS,
         socketMode: int = DEFAULT_MODE,
         imagesDir: Optional[str] = None,
+        clock: Optional[IReactorTime] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -107,6 +110,8 @@ class CacheService(MultiService):
             makes in a directory.
         @param imagesDir: The single images directory, where the sockets
             other than CRIU's (on C{local}) go; None for none of them.
+        @param clock: Where the retention time is counted; the reactor by
+            default.
         @raise ValueError: For an unknown protocol or unreadable TLS files,
             or a sessions root with C{local} or the C{"criu"} link.
         """
@@ -125,15 +130,17 @@ class CacheService(MultiService):
         sockets = localSockets(protocol, reactor, idleTimeout, limits)
         self.slot: Optional[SessionSlot] = None
         self.registry: Optional[SessionRegistry] = None
+        self.directories: Optional[SessionDirectories] = None
+        timer = reactor if clock is None else clock
         claims: Any
         if sessionsRoot is not None:
-            directories = SessionDirectories(sessionsRoot, sockets, reactor, socketMode)
+            self.directories = directories = SessionDirectories(sessionsRoot, sockets, reactor, socketMode)
             directories.setServiceParent(self)
             self.registry = claims = SessionRegistry(
-                directories.open, directories.close, self._consumed, reactor.seconds, retain, reactor, maxSessions,
+                directories.open, directories.close, self._consumed, reactor.seconds, retain, timer, maxSessions,
             )
         else:
-            self.slot = claims = SessionSlot(self._consumed, reactor.seconds, retain, reactor)
+            self.slot = claims = SessionSlot(self._consumed, reactor.seconds, retain, timer)
         self._linkFactory: "CacheLinkFactory | CriuLinkReceiverFactory"
         if link == "criu":
             self._linkFactory = CriuLinkReceiverFactory(claims, verbose)
@@ -229,6 +236,7 @@ def cacheService(
     sessionsRoot: Optional[str] = None,
     retain: float = 0.0,
     maxSessions: int = DEFAULT_MAX_SESSIONS,
+    clock: Optional[IReactorTime] = None,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -263,6 +271,7 @@ def cacheService(
         so that it can be restored again meanwhile (0: dropped at once).
     @param maxSessions: With C{sessionsRoot}, how many sessions may be
         received at once; a link beyond them is refused.
+    @param clock: Where C{retain} is counted; C{reactor} by default.
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir} or
         C{sessionsRoot}.
@@ -286,5 +295,5 @@ def cacheService(
     return CacheService(
         reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits,
         sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions, socketMode=socketMode,
-        imagesDir=imagesDir,
+        imagesDir=imagesDir, clock=clock,
     )

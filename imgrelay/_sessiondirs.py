@@ -73,6 +73,7 @@ class SessionDirectories(Service):
         self._reactor = reactor
         self._mode = mode
         self.ports: dict[str, list[IListeningPort]] = {}
+        self._closing: dict[str, Deferred[None]] = {}
 
     def path(self, name: str) -> str:
         """
@@ -114,8 +115,28 @@ class SessionDirectories(Service):
         """
         ports = self.ports.pop(name, None)
         if ports is None:
+            return self.whenClosed(name)
+        closing = self._closing[name] = self._close(name, self.path(name), ports)
+
+        def closed(result: None) -> None:
+            if self._closing.get(name) is closing:
+                del self._closing[name]
+
+        closing.addCallback(closed)
+        return self.whenClosed(name)
+
+    def whenClosed(self, name: str) -> Deferred[None]:
+        """
+        @return: A Deferred that fires once session C{name}'s sockets and
+            directory, if being closed, are gone (at once if they are not
+            being closed).
+        """
+        closing = self._closing.get(name)
+        if closing is None:
             return succeed(None)
-        return self._close(name, self.path(name), ports)
+        d: Deferred[None] = Deferred()
+        closing.addCallback(lambda result: d.callback(None))
+        return d
 
     def _close(self, name: str, path: str, ports: list[IListeningPort]) -> Deferred[None]:
         stopped: list[Deferred[Any]] = []
