@@ -94,7 +94,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         A directory holding other files (CRIU's restore log) is kept, with a
         warning naming them.
         """
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
         dirs.open("web-1", SessionSlot())
         path = os.path.join(self.root, "web-1")

@@ -69,6 +69,17 @@ class _LinkClient(Protocol):
         self.closed.callback(None)
 
 
+async def waitUntil(condition: Callable[[], bool]) -> None:
+    """
+    Let the reactor run until C{condition} holds (a restore's end reaches
+    the cache only after the client closed its socket).
+    """
+    while not condition():
+        d: Deferred[None] = Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+
+
 def wholeSession(images: dict[str, bytes]) -> bytes:
     """
     @return: Every image opened, sent and closed, then the final handshake.
@@ -176,7 +187,12 @@ class ManySessionsTests(TestCase):
         proxy = imgrelay.proxyService(dump, f"tcp:host=127.0.0.1:port={self.port}", reactor=reactor)
         outcomes: list[Any] = []
         outcome: Deferred[None] = Deferred()
-        proxy.addSessionObserver(lambda result: (outcomes.append(result), outcome.callback(None)))
+
+        def over(result: Any) -> None:
+            outcomes.append(result)
+            outcome.callback(None)
+
+        proxy.addSessionObserver(over)
         proxy.startService()
         self.addCleanup(proxy.stopService)
         name = proxy.sessionName
@@ -197,7 +213,7 @@ class ManySessionsTests(TestCase):
         self.assertIs(cache.registry.slots["host-b-dump-00000000"].current.state, SessionState.RECEIVING)
 
         assert broken.transport is not None
-        broken.transport.abortConnection()
+        broken.transport.abortConnection()  # type: ignore[attr-defined]
         failed = await self.whenReleased("host-b-dump-00000000")
         self.assertIs(failed.state, SessionState.FAILED)
         assert cache.directories is not None
@@ -225,7 +241,7 @@ class ManySessionsTests(TestCase):
         waiting = self.restore("bad", ["inventory.img"])
         assert cache.registry is not None
         badSession = cache.registry.slots["bad"].current
-        await self.waitUntil(lambda: badSession.waiting == 1)
+        await waitUntil(lambda: badSession.waiting == 1)
         assert bad.transport is not None
         bad.transport.write(imageClose(1, b"abd"))
         refused = await bad.answer("image_refused")
@@ -250,11 +266,11 @@ class ManySessionsTests(TestCase):
         await client.answer("done_ok")
         self.assertEqual(await self.restore("web-1", sorted(images)), images)
         # The first restore's end started the retention time.
-        await self.waitUntil(lambda: bool(self.clock.getDelayedCalls()))
+        await waitUntil(lambda: bool(self.clock.getDelayedCalls()))
         self.clock.advance(599)
         self.assertEqual(self.released, [])
         self.assertEqual(await self.restore("web-1", sorted(images)), images)
-        await self.waitUntil(lambda: bool(self.clock.getDelayedCalls()))
+        await waitUntil(lambda: bool(self.clock.getDelayedCalls()))
         self.clock.advance(599)
         self.assertEqual(self.released, [])
         self.assertTrue(os.path.exists(os.path.join(self.sessionDir("web-1"), "streamer-serve.sock")))
@@ -264,16 +280,6 @@ class ManySessionsTests(TestCase):
         assert cache.directories is not None
         await cache.directories.whenClosed("web-1")
         self.assertFalse(os.path.exists(self.sessionDir("web-1")))
-
-    async def waitUntil(self, condition: Callable[[], bool]) -> None:
-        """
-        Let the reactor run until C{condition} holds: a restore's end
-        reaches the cache only after the client closed its socket.
-        """
-        while not condition():
-            d: Deferred[None] = Deferred()
-            reactor.callLater(0, d.callback, None)  # type: ignore[attr-defined]
-            await d
 
     async def test_remoteRestoreTwice(self) -> None:
         """
@@ -343,3 +349,54 @@ class ManySessionsTests(TestCase):
         await a.answer("done_ok")
         d = await self.link("d")
         self.assertEqual([m.WhichOneof("kind") for m in d.received], ["accept"])
+
+
+class SingleDirectoryRetainTests(TestCase):
+    """
+    With one images directory, C{retain} keeps the single slot's session
+    the same way.
+    """
+
+    timeout = 60
+
+    async def test_restoreTwice(self) -> None:
+        """
+        A session restored from the images directory can be restored again
+        until the retention time has passed after the last restore; then it
+        is released and a restore would wait for the next session.
+        """
+        restoreDir = tempfile.mkdtemp()
+        clock = Clock()
+        released: list[Session] = []
+        cache = imgrelay.cacheService(
+            restoreDir, "tcp:0:interface=127.0.0.1", reactor=reactor, retain=30, clock=clock
+        )
+        cache.addSessionObserver(released.append)
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        port = (await cache.linkAddress()).port  # type: ignore[attr-defined]
+        client = _LinkClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        assert client.transport is not None
+        images = {"inventory.img": b"inventory", "pages-1.img": os.urandom(100000)}
+        client.transport.write(hello("mig") + wholeSession(images))
+        await client.answer("done_ok")
+        path = os.path.join(restoreDir, "streamer-serve.sock")
+
+        def restore() -> dict[str, Optional[bytes]]:
+            r = criu.StreamRestorer(path)
+            try:
+                return r.fetchAll(sorted(images))
+            finally:
+                r.close()
+
+        assert cache.slot is not None
+        session = cache.slot.current
+        for _ in range(2):
+            self.assertEqual(await deferToThread(restore), images)
+            await waitUntil(lambda: session.restores == 0)
+            clock.advance(29)
+            self.assertEqual(released, [])
+        clock.advance(1)
+        self.assertEqual(released, [session])
+        self.assertIsNot(cache.slot.current, session)
