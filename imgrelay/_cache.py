@@ -193,9 +193,14 @@ class CacheService(MultiService):
 
     def stopService(self) -> Any:
         """
-        Stop listening and close every link; sessions still receiving fail.
+        Stop listening and close every link; sessions still receiving fail,
+        and none is kept for its retention time any more.
         """
         self._linkFactory.abortAll()
+        if self.slot is not None:
+            self.slot.stop()
+        if self.registry is not None:
+            self.registry.stop()
         return MultiService.stopService(self)
 
     def whenLinksClosed(self) -> Deferred[None]:

@@ -147,3 +147,12 @@ class SessionRegistry:
             del self.slots[name]
             self._closed(name, slot)
         self._consumed(session)
+
+    def stop(self) -> None:
+        """
+        The cache stops: sessions waiting for their retention time are
+        consumed now (their slots closed), and from now on none is kept.
+        """
+        self._retain = 0.0
+        for slot in list(self.slots.values()):
+            slot.stop()

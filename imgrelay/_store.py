@@ -334,6 +334,15 @@ class SessionSlot:
         session.images.clear()
         self._consumed(session)
 
+    def stop(self) -> None:
+        """
+        The cache stops: sessions waiting for their retention time are
+        consumed now, and from now on none is kept.
+        """
+        self._retain = 0.0
+        for session in list(self._releases):
+            self._consume(session)
+
     @property
     def pendingReleases(self) -> int:
         """

@@ -247,3 +247,25 @@ class SessionRegistryTests(SynchronousTestCase):
         A positive retention time without a timer is refused.
         """
         self.assertRaises(ValueError, SessionRegistry, retain=1)
+
+    def test_stop(self) -> None:
+        """
+        Stopping consumes the sessions waiting for their retention time and
+        closes their slots; a session failing afterwards is not kept, nor
+        is a slot opened afterwards.
+        """
+        registry = self.make(retain=60)
+        kept = registry.claim("kept")
+        kept.complete()
+        slot = registry.slots["kept"]
+        slot.detachRestore(slot.attachRestore())
+        receiving = registry.claim("receiving")
+        registry.stop()
+        self.assertEqual(self.consumed, [kept])
+        self.assertEqual(list(registry.slots), ["receiving"])
+        receiving.fail("the cache is shutting down")
+        self.assertEqual(self.consumed, [kept, receiving])
+        self.assertEqual(registry.slots, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        registry.claim("late").fail("x")
+        self.assertEqual(registry.slots, {})

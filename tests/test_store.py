@@ -576,6 +576,30 @@ class RetainTests(SynchronousTestCase):
         self.assertEqual(self.consumed, [old])
 
 
+class RetainStopTests(SynchronousTestCase):
+    """
+    L{SessionSlot.stop} ends retention.
+    """
+
+    def test_stop(self) -> None:
+        """
+        A kept session is consumed at once when the slot stops, and a
+        session that fails afterwards is consumed at once too.
+        """
+        clock = Clock()
+        consumed: list[Session] = []
+        slot = SessionSlot(consumed.append, clock.seconds, retain=60, timer=clock)
+        kept = slot.claim("mig")
+        kept.complete()
+        slot.detachRestore(slot.attachRestore())
+        slot.stop()
+        self.assertEqual(consumed, [kept])
+        late = slot.claim("mig2")
+        late.fail("the cache is shutting down")
+        self.assertEqual(consumed, [kept, late])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class ReadsWaitForEndTests(SynchronousTestCase):
     """
     A session fed by a link that cannot announce later versions answers
