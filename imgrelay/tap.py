@@ -77,7 +77,8 @@ class _Options(usage.Options):
         ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
          "no acknowledgements, no final handshake, no checksums).", _link],
         ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", _positive],
-        ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local socket in --images-dir.", parseMode],
+        ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local sockets (in --images-dir, or in each "
+         "session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
     optFlags = [
