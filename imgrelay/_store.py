@@ -96,6 +96,8 @@ class Session:
         self.started: Optional[float] = None
         self.ended: Optional[float] = None
         self.restores = 0
+        #: How many restores attached to it in all.
+        self.restoresAttached = 0
         self.consumed = False
         #: Answer no read before the session is final (a link that cannot
         #: tell when a later version of an image is coming).
@@ -363,7 +365,7 @@ class SessionSlot:
         if current.state is SessionState.COMPLETE and current.name == name and not current.consumed:
             raise SessionError(f"session {name!r} is already complete")
         if current.state is not SessionState.WAITING:
-            if current.state is SessionState.COMPLETE and not current.restores and not current.consumed:
+            if current.state is SessionState.COMPLETE and not current.restoresAttached and not current.consumed:
                 self.log.warn(
                     "session {old} was never restored; dropped for session {new}",
                     old=current.name, new=name,
@@ -386,6 +388,7 @@ class SessionSlot:
         """
         session = self.current
         session.restores += 1
+        session.restoresAttached += 1
         self._cancel(session)
         return session
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -548,6 +550,20 @@ class RetainTests(SynchronousTestCase):
         self.assertEqual(self.consumed, [old])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIs(self.slot.current, new)
+
+    def test_neverRestoredWarning(self) -> None:
+        """
+        Replacing a complete session logs a warning if no restore ever read
+        it, and none if one did (it was only kept for C{retain}).
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        self.completed()
+        self.slot.detachRestore(self.slot.attachRestore())
+        self.slot.claim("mig2").complete()
+        self.assertFalse([e for e in events if "never restored" in formatEvent(e)])
+        self.slot.claim("mig3")
+        (warning,) = [formatEvent(e) for e in events if "never restored" in formatEvent(e)]
+        self.assertIn("session mig2 was never restored", warning)
 
     def test_sameNameDuringRetention(self) -> None:
         """
