@@ -86,8 +86,11 @@ class SessionDirectories(Service):
         Make session C{name}'s directory and listen on its sockets, serving
         C{slot}.
 
-        @raise SessionError: If that cannot be done; nothing is left behind.
+        @raise SessionError: If that cannot be done (or the service is not
+            running); nothing is left behind.
         """
+        if not self.running:
+            raise SessionError("the cache is not running")
         path = self.path(name)
         try:
             makeSessionDirectory(path)

@@ -65,6 +65,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         file, each factory made from the session's slot.
         """
         dirs = SessionDirectories(self.root, self.table("serve.sock", "fetch.sock"), self.reactor, 0o660)
+        dirs.startService()
         slot = SessionSlot()
         dirs.open("web-1", slot)
         path = os.path.join(self.root, "web-1")
@@ -81,6 +82,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         Closing a session stops its sockets and removes its directory.
         """
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
+        dirs.startService()
         dirs.open("web-1", SessionSlot())
         self.successResultOf(dirs.close("web-1"))
         self.assertFalse(os.path.exists(os.path.join(self.root, "web-1")))
@@ -96,6 +98,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         """
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
+        dirs.startService()
         dirs.open("web-1", SessionSlot())
         path = os.path.join(self.root, "web-1")
         with open(os.path.join(path, "restore.log"), "w") as f:
@@ -103,6 +106,17 @@ class SessionDirectoriesTests(SynchronousTestCase):
         self.successResultOf(dirs.close("web-1"))
         self.assertEqual(os.listdir(path), ["restore.log"])
         self.assertTrue(any("restore.log" in formatEvent(e) for e in events))
+
+    def test_notRunning(self) -> None:
+        """
+        A session arriving while the service is not running (the cache is
+        stopping) is refused, and nothing is made.
+        """
+        dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
+        dirs.stopService()
+        error = self.assertRaises(SessionError, dirs.open, "late", SessionSlot())
+        self.assertIn("not running", str(error))
+        self.assertEqual(os.listdir(self.root), [])
 
     def test_stopService(self) -> None:
         """
@@ -124,6 +138,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         """
         reactor = _Refusing("fetch.sock")
         dirs = SessionDirectories(self.root, self.table("serve.sock", "fetch.sock"), reactor)
+        dirs.startService()
         error = self.assertRaises(SessionError, dirs.open, "web-1", SessionSlot())
         self.assertIn("fetch.sock", str(error))
         self.assertIn("Cannot acquire lock", str(error))
@@ -136,6 +151,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         """
         os.mkdir(os.path.join(self.root, "web-1"), 0o700)
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
+        dirs.startService()
         dirs.open("web-1", SessionSlot())
         self.assertEqual(len(self.reactor.unixServers), 1)
 
@@ -145,6 +161,7 @@ class SessionDirectoriesTests(SynchronousTestCase):
         refused and left alone.
         """
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
+        dirs.startService()
         open_ = os.path.join(self.root, "open")
         os.mkdir(open_)
         os.chmod(open_, 0o777)
