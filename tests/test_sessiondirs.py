@@ -113,7 +113,8 @@ class SessionDirectoriesTests(SynchronousTestCase):
         stopping) is refused, and nothing is made.
         """
         dirs = SessionDirectories(self.root, self.table("serve.sock"), self.reactor)
-        dirs.stopService()
+        dirs.startService()
+        self.successResultOf(dirs.stopService())
         error = self.assertRaises(SessionError, dirs.open, "late", SessionSlot())
         self.assertIn("not running", str(error))
         self.assertEqual(os.listdir(self.root), [])
