@@ -12,7 +12,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
@@ -20,8 +20,10 @@ from imgrelay._criulink import CriuLinkReceiverFactory
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxy import LINKS, PROTOCOLS
+from imgrelay._registry import DEFAULT_MAX_SESSIONS, SessionRegistry
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import CacheRemoteBackend
+from imgrelay._sessiondirs import SessionDirectories, SocketTable
 from imgrelay._store import Session, SessionSlot
 from imgrelay._streamserve import StreamServeFactory
 from imgrelay._tls import TLSFiles, serverService
@@ -33,21 +35,57 @@ SERVE_SOCKET = "streamer-serve.sock"
 REMOTE_CACHE_SOCKET = "img-cache.sock"
 
 
+def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limits: Limits) -> SocketTable:
+    """
+    The local sockets a restore finds in its images directory (the first is
+    CRIU's), each with what serves it from a slot.
+
+    @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
+    @param reactor: The reactor.
+    @param idleTimeout: With C{"remote"}, how long a local connection may
+        take to send its header and pipe.
+    @param limits: Local connections at once, per socket.
+    """
+
+    def limited(factory: Any) -> Factory:
+        factory.connectionLimit = limits.maxLocalConnections
+        return factory
+
+    if protocol == "remote":
+        return [
+            (REMOTE_CACHE_SOCKET, lambda slot: limited(RemoteFactory(CacheRemoteBackend(slot), reactor, idleTimeout))),
+        ]
+    return [
+        (SERVE_SOCKET, lambda slot: limited(StreamServeFactory(slot, reactor))),
+    ]
+
+
 class CacheService(MultiService):
     """
-    The cache: links in on C{listen}, restores on C{local}.
+    The cache: links in on C{listen}; restores on C{local}, or, with a
+    sessions root, on the sockets in each session's own directory.
 
-    @ivar slot: The session being received and served.
+    @ivar slot: The session being received and served (with one images
+        directory), or None.
+    @ivar registry: The sessions by name (with a sessions root), or None.
+    @ivar directories: Their directories and sockets (with a sessions
+        root), or None.
     """
 
     log = Logger()
 
     def __init__(
-        self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
+        self, reactor: Any, listen: str, local: Optional[str], verbose: bool = False, protocol: str = "stream",
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
         link: str = "imgrelay",
         limits: Limits = Limits(),
         resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
+        sessionsRoot: Optional[str] = None,
+        retain: float = 0.0,
+        maxSessions: int = DEFAULT_MAX_SESSIONS,
+        socketMode: int = DEFAULT_MODE,
+        imagesDir: Optional[str] = None,
+        clock: Optional[IReactorTime] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -65,34 +103,77 @@ class CacheService(MultiService):
         @param limits: Images and bytes per session, local connections.
         @param resumeTimeout: Seconds a session whose link broke waits for
             its proxy to resume it before it fails.
-        @raise ValueError: For an unknown protocol or unreadable TLS files.
+        @param sessionsRoot: Serve each session in its own directory under
+            this one, named as its proxy named it; C{local} is then None.
+        @param retain: Seconds a session is kept after its last restore
+            ended (or, failed, once no restore reads it).
+        @param maxSessions: With C{sessionsRoot}, how many sessions may be
+            received at once.
+        @param socketMode: The permission bits of the sockets this service
+            makes in a directory.
+        @param imagesDir: The single images directory, where the sockets
+            other than CRIU's (on C{local}) go; None for none of them.
+        @param clock: Where the retention time is counted; the reactor by
+            default.
+        @raise ValueError: For an unknown protocol or unreadable TLS files,
+            or a sessions root with C{local} or the C{"criu"} link.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
         if link not in LINKS:
             raise ValueError(f"unknown link format {link!r}")
+        if sessionsRoot is not None and local is not None:
+            raise ValueError("a sessions root has a socket per session: no other local endpoint")
+        if sessionsRoot is not None and link == "criu":
+            raise ValueError("a CRIU-format link names no session: it cannot use a sessions root")
+        if sessionsRoot is None and local is None:
+            raise ValueError("give a local endpoint or a sessions root")
         MultiService.__init__(self)
         self._observers: list[Callable[[Session], None]] = []
-        self.slot = SessionSlot(self._consumed, reactor.seconds)
+        sockets = localSockets(protocol, reactor, idleTimeout, limits)
+        self.slot: Optional[SessionSlot] = None
+        self.registry: Optional[SessionRegistry] = None
+        self.directories: Optional[SessionDirectories] = None
+        timer = reactor if clock is None else clock
+        claims: Any
+        if sessionsRoot is not None:
+            self.directories = directories = SessionDirectories(sessionsRoot, sockets, reactor, socketMode)
+            directories.setServiceParent(self)
+            self.registry = claims = SessionRegistry(
+                directories.open, directories.close, self._consumed, reactor.seconds, retain, timer, maxSessions,
+            )
+        else:
+            self.slot = claims = SessionSlot(self._consumed, reactor.seconds, retain, timer)
         self._linkFactory: "CacheLinkFactory | CriuLinkReceiverFactory"
         if link == "criu":
-            self._linkFactory = CriuLinkReceiverFactory(self.slot, verbose)
+            self._linkFactory = CriuLinkReceiverFactory(claims, verbose)
         else:
-            self._linkFactory = CacheLinkFactory(
-                self.slot, reactor.seconds, reactor, verbose, limits, resumeTimeout
-            )
+            # The link only calls claim(name) (ISessionClaims) on what it is given.
+            self._linkFactory = CacheLinkFactory(claims, reactor.seconds, reactor, verbose, limits, resumeTimeout)
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         else:
             self._link = serverService(reactor, listen, self._linkFactory, tls)
         self._link.setServiceParent(self)
-        factory: Factory
-        if protocol == "remote":
-            factory = RemoteFactory(CacheRemoteBackend(self.slot), reactor, idleTimeout)
-        else:
-            factory = StreamServeFactory(self.slot, reactor)
-        factory.connectionLimit = limits.maxLocalConnections
-        strports.service(local, factory, reactor=reactor).setServiceParent(self)
+        if self.slot is not None and local is not None:
+            (_, makeFactory), *others = sockets
+            strports.service(local, makeFactory(self.slot), reactor=reactor).setServiceParent(self)
+            for name, makeFactory in others:
+                if imagesDir is not None:
+                    # Beside CRIU's, in the images directory.
+                    endpoint = localEndpoint(imagesDir, name, socketMode)
+                    strports.service(endpoint, makeFactory(self.slot), reactor=reactor).setServiceParent(self)
+
+    @property
+    def sessions(self) -> list[Session]:
+        """
+        @return: The sessions this cache holds now: its slot's, or every
+            named session's.
+        """
+        if self.registry is not None:
+            return self.registry.sessions
+        assert self.slot is not None
+        return [self.slot.current]
 
     def linkAddress(self) -> Deferred[IAddress]:
         """
@@ -115,9 +196,14 @@ class CacheService(MultiService):
 
     def stopService(self) -> Any:
         """
-        Stop listening and close every link; sessions still receiving fail.
+        Stop listening and close every link; sessions still receiving fail,
+        and none is kept for its retention time any more.
         """
         self._linkFactory.abortAll()
+        if self.slot is not None:
+            self.slot.stop()
+        if self.registry is not None:
+            self.registry.stop()
         return MultiService.stopService(self)
 
     def whenLinksClosed(self) -> Deferred[None]:
@@ -144,7 +230,7 @@ class CacheService(MultiService):
 
 
 def cacheService(
-    imagesDir: str,
+    imagesDir: Optional[str],
     listen: str,
     local: Optional[str] = None,
     reactor: Any = None,
@@ -156,11 +242,17 @@ def cacheService(
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
     resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
+    sessionsRoot: Optional[str] = None,
+    retain: float = 0.0,
+    maxSessions: int = DEFAULT_MAX_SESSIONS,
+    clock: Optional[IReactorTime] = None,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
 
-    @param imagesDir: The directory CRIU restores from (C{criu restore -D}).
+    @param imagesDir: The directory CRIU restores from (C{criu restore -D}),
+        for a cache that serves one session at a time; None with
+        C{sessionsRoot}.
     @param listen: A server endpoint string for links, e.g. C{"tcp:7070"}.
     @param local: A server endpoint string for CRIU's socket instead of
         C{imagesDir/streamer-serve.sock}.
@@ -176,23 +268,44 @@ def cacheService(
     @param link: C{"imgrelay"} (the default), or C{"criu"} to accept a CRIU
         image-proxy's format: the images are taken as complete when their
         announced size arrived, and nothing is verified.
-    @param socketMode: The permission bits of the socket in C{imagesDir}.
+    @param socketMode: The permission bits of the sockets in C{imagesDir}
+        (or in each session's directory).
     @param limits: Images and bytes per session, local connections at once
         (L{imgrelay.Limits}).
     @param resumeTimeout: How long a session whose link broke waits for its
         proxy to reconnect and resume it (120 s by default) before it fails
         and restores waiting for it are told its images do not exist.
+    @param sessionsRoot: Instead of C{imagesDir}: serve many sessions at
+        once, each in C{sessionsRoot/NAME} (made when the proxy's link
+        names session C{NAME}, removed when the session is released), so
+        C{criu restore --stream -D sessionsRoot/NAME} restores it.
+    @param retain: Seconds a session is kept after its last restore ended,
+        so that it can be restored again meanwhile (0: dropped at once).
+    @param maxSessions: With C{sessionsRoot}, how many sessions may be
+        received at once; a link beyond them is refused.
+    @param clock: Where C{retain} is counted; C{reactor} by default.
     @return: The service.
-    @raise UnsafeDirectory: If others could write to C{imagesDir}.
+    @raise UnsafeDirectory: If others could write to C{imagesDir} or
+        C{sessionsRoot}.
+    @raise ValueError: For both or neither of C{imagesDir} and
+        C{sessionsRoot}, or a sessions root with C{local} or the C{"criu"}
+        link.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
-    if local is None:
+    if (imagesDir is None) == (sessionsRoot is None):
+        raise ValueError("give either an images directory or a sessions root")
+    if sessionsRoot is not None:
+        checkDirectory(sessionsRoot)
+    elif local is None:
+        assert imagesDir is not None
         checkDirectory(imagesDir)
+        socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
         local = localEndpoint(imagesDir, socket, socketMode)
     return CacheService(
-        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits, resumeTimeout
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits,
+        resumeTimeout=resumeTimeout, sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions, socketMode=socketMode,
+        imagesDir=imagesDir, clock=clock,
     )

@@ -29,7 +29,8 @@ from imgrelay._linkwire import VERSION, CacheMessage, frame, helloFramer, proxyM
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
 from imgrelay._receiver import IPayloadReceiver, SocketReceiver
-from imgrelay._store import Image, ImageData, Session, SessionSlot, SessionState
+from imgrelay._interfaces import ISessionClaims
+from imgrelay._store import Image, ImageData, Session, SessionState
 
 #: How much the cache reads from the link at once.
 READ_SIZE = 1 << 20
@@ -62,7 +63,7 @@ class CacheLinkState:
     log = Logger()
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, verbose: bool = False,
+        self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, verbose: bool = False,
         limits: Limits = Limits(),
     ) -> None:
         """
@@ -167,6 +168,7 @@ class CacheLinkState:
             raise ProtocolError("hello names no session")
         checkId("session name", hello.session)
         session = self._slot.claim(hello.session)
+        assert isinstance(session, Session)
         self.session = session
         self.log.info("session {session}: proxy connected", session=hello.session)
         return CacheMessage(accept=link_pb2.Accept())
@@ -381,7 +383,7 @@ class CacheLinkProtocol(Protocol):
     log = Logger()
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
+        self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(),
     ) -> None:
         """
@@ -562,14 +564,15 @@ class CacheLinkProtocol(Protocol):
 
 class CacheLinkFactory(Factory):
     """
-    Accept links from proxies into a L{SessionSlot}, and keep each session
+    Accept links from proxies into sessions they claim (an images
+    directory's L{imgrelay._store.SessionSlot}, or a registry), and keep each session
     whose link broke for a while, for its proxy to resume it.
     """
 
     log = Logger()
 
     def __init__(
-        self, slot: SessionSlot, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
+        self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
         """

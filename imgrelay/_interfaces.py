@@ -90,3 +90,19 @@ class IImageSource(Interface):
         with None once it is certain the image will never be there (the
         session completed without it, or failed).
         """
+
+
+class ISessionClaims(Interface):
+    """
+    Where a cache's link obtains the session a proxy names in its hello:
+    one images directory's slot, or a registry of sessions by name.
+    """
+
+    def claim(name: str) -> "object":
+        """
+        A proxy starts session C{name}.
+
+        @return: The L{imgrelay._store.Session} its link fills.
+        @raise imgrelay._errors.SessionError: If it cannot be taken now (the
+            link is refused with the message).
+        """

@@ -61,3 +61,28 @@ def checkId(kind: str, value: str, maxLength: int = MAX_ID) -> str:
     if len(value.encode("utf-8", "surrogatepass")) > maxLength:
         raise BadName(f"{kind} {value[:40]!r}... is over {maxLength} bytes")
     return value
+
+
+def checkSessionDirName(name: str, maxLength: int = MAX_NAME) -> str:
+    """
+    Refuse a session name that cannot be a directory of its own under the
+    cache's sessions root: empty, C{.} or C{..}, starting with C{.}
+    (hidden, and never C{..}), holding a C{/} or a NUL, or longer than
+    C{maxLength} bytes.
+
+    @param name: The session name as received.
+    @param maxLength: The longest name accepted, in UTF-8 bytes.
+    @return: C{name}, unchanged.
+    @raise BadName: If it is refused.
+    """
+    if not name:
+        raise BadName("empty session name")
+    if name.startswith("."):
+        raise BadName(f"session name {name[:40]!r} starts with '.'")
+    if "/" in name:
+        raise BadName(f"session name {name[:40]!r} holds a '/'")
+    if "\0" in name:
+        raise BadName(f"session name {name[:40]!r} holds a NUL")
+    if len(name.encode("utf-8", "surrogatepass")) > maxLength:
+        raise BadName(f"session name {name[:40]!r}... is over {maxLength} bytes")
+    return name

@@ -15,13 +15,14 @@ from typing import Callable, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from imgrelay._errors import SessionError
 from imgrelay._imagedata import ImageData
 from imgrelay._integrity import ManifestEntry
-from imgrelay._interfaces import IImageSource
+from imgrelay._interfaces import IImageSource, ISessionClaims
 
 @attrs.define
 class Image:
@@ -95,6 +96,8 @@ class Session:
         self.started: Optional[float] = None
         self.ended: Optional[float] = None
         self.restores = 0
+        #: How many restores attached to it in all.
+        self.restoresAttached = 0
         self.consumed = False
         #: Answer no read before the session is final (a link that cannot
         #: tell when a later version of an image is coming).
@@ -244,14 +247,20 @@ class Session:
         self._end(SessionState.FAILED)
 
 
+@implementer(ISessionClaims)
 class SessionSlot:
     """
-    The single session a cache serves from one images directory.
+    The session a cache serves from one images directory.
 
     Restores attach to the current session, even before any proxy has
     claimed it, so a restore may start before the dump. Once a session is
-    final and every restore attached to it has gone, it is I{consumed}: it is
-    dropped and a fresh session waits for the next proxy.
+    final and every restore attached to it has gone, it is kept C{retain}
+    seconds more (a restore attaching meanwhile reads it again, and the
+    count starts over when it leaves); then it is I{consumed}: its images
+    are dropped and a fresh session waits for the next proxy. A failed
+    session that no restore reads is consumed C{retain} seconds after it
+    failed, but stays current (holding no image) so that a restore
+    connecting later still learns of the failure, until the next proxy.
 
     @ivar current: The session a restore connecting now would read.
     """
@@ -262,13 +271,31 @@ class SessionSlot:
         self,
         consumed: Callable[[Session], None] = lambda s: None,
         clock: Callable[[], float] = time.monotonic,
+        retain: float = 0.0,
+        timer: Optional[IReactorTime] = None,
+        renew: bool = True,
     ) -> None:
         """
         @param consumed: Called with each session once it is consumed.
         @param clock: Where sessions read the time.
+        @param retain: Seconds a final session is kept after its last
+            restore left (or, failed, after it failed with none reading).
+        @param timer: Where that wait is scheduled; needed if C{retain} is
+            positive.
+        @param renew: Whether a fresh session replaces a consumed one; a
+            slot that serves one session name only and is dropped with it
+            keeps the consumed session, so that a restore attaching late
+            finds nothing.
+        @raise ValueError: For a positive C{retain} and no C{timer}.
         """
+        if retain > 0 and timer is None:
+            raise ValueError("keeping sessions for a time needs a timer")
         self._clock = clock
         self._consumed = consumed
+        self._retain = retain
+        self._timer = timer
+        self._renew = renew
+        self._releases: dict[Session, IDelayedCall] = {}
         self.current = self._fresh()
 
     def _fresh(self) -> Session:
@@ -280,12 +307,50 @@ class SessionSlot:
         if session.restores == 0 and session.state is SessionState.FAILED:
             # Nobody is reading it; a restore that connects later still
             # learns of the failure until the next proxy replaces it.
+            self._keep(session, renew=False)
+
+    def _keep(self, session: Session, renew: bool) -> None:
+        """
+        Consume C{session} after the retention time, unless a restore
+        attaches first.
+        """
+        self._cancel(session)
+        if self._retain <= 0:
+            self._consume(session, renew)
+        else:
+            assert self._timer is not None
+            self._releases[session] = self._timer.callLater(self._retain, self._consume, session, renew)
+
+    def _cancel(self, session: Session) -> None:
+        pending = self._releases.pop(session, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+
+    def _consume(self, session: Session, renew: bool = True) -> None:
+        self._cancel(session)
+        if renew and self._renew and session is self.current:
+            self.current = self._fresh()
+        if session.consumed:
+            return
+        session.consumed = True
+        session.images.clear()
+        self._consumed(session)
+
+    def stop(self) -> None:
+        """
+        The cache stops: sessions waiting for their retention time are
+        consumed now, and from now on none is kept.
+        """
+        self._retain = 0.0
+        for session in list(self._releases):
             self._consume(session)
 
-    def _consume(self, session: Session) -> None:
-        if not session.consumed:
-            session.consumed = True
-            self._consumed(session)
+    @property
+    def pendingReleases(self) -> int:
+        """
+        @return: How many final sessions wait for their retention time.
+        """
+        return len(self._releases)
 
     def claim(self, name: str) -> Session:
         """
@@ -297,15 +362,21 @@ class SessionSlot:
         current = self.current
         if current.state is SessionState.RECEIVING:
             raise SessionError(f"session {current.name!r} is still in progress")
-        if current.state is SessionState.COMPLETE and current.name == name:
+        if current.state is SessionState.COMPLETE and current.name == name and not current.consumed:
             raise SessionError(f"session {name!r} is already complete")
         if current.state is not SessionState.WAITING:
-            if current.state is SessionState.COMPLETE and not current.restores:
+            if current.state is SessionState.COMPLETE and not current.restoresAttached and not current.consumed:
                 self.log.warn(
                     "session {old} was never restored; dropped for session {new}",
                     old=current.name, new=name,
                 )
-            current = self.current = self._fresh()
+            old, current = current, self._fresh()
+            self.current = current
+            current.claim(name)
+            if not old.restores:
+                # Restores still reading it consume it when they leave.
+                self._consume(old)
+            return current
         current.claim(name)
         return current
 
@@ -315,8 +386,11 @@ class SessionSlot:
 
         @return: The session it reads.
         """
-        self.current.restores += 1
-        return self.current
+        session = self.current
+        session.restores += 1
+        session.restoresAttached += 1
+        self._cancel(session)
+        return session
 
     def detachRestore(self, session: Session) -> None:
         """
@@ -324,6 +398,4 @@ class SessionSlot:
         """
         session.restores -= 1
         if session.final and session.restores == 0:
-            if session is self.current:
-                self.current = self._fresh()
-            self._consume(session)
+            self._keep(session, renew=True)

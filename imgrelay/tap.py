@@ -25,6 +25,7 @@ from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, p
 from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._reconnect import DEFAULT_GIVE_UP
+from imgrelay._registry import DEFAULT_MAX_SESSIONS
 from imgrelay._store import Session, SessionState
 from imgrelay._tls import TLSFiles, hostOf, load
 
@@ -64,6 +65,13 @@ def _window(value: str) -> int:
     return window
 
 
+def _retainSeconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{value!r} is not a number of seconds, 0 or more")
+    return seconds
+
+
 def _imagesDir(value: str) -> str:
     if not os.path.isdir(value):
         raise ValueError(f"{value!r} is not a directory")
@@ -79,7 +87,8 @@ class _Options(usage.Options):
         ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
          "no acknowledgements, no final handshake, no checksums).", _link],
         ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", _positive],
-        ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local socket in --images-dir.", parseMode],
+        ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local sockets (in --images-dir, or in each "
+         "session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
     ]
     optFlags = [
@@ -88,13 +97,7 @@ class _Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["images-dir"] is None:
-            raise usage.UsageError("--images-dir is required: the directory given to CRIU with -D")
-        if self["local"] is None:
-            try:
-                checkDirectory(self["images-dir"])
-            except UnsafeDirectory as e:
-                raise usage.UsageError(f"--images-dir: {e}")
+        self._checkDirectory()
         given = [self[k] is not None for k in ("tls-cert", "tls-key", "tls-ca")]
         self["tls"] = None
         if any(given):
@@ -106,6 +109,15 @@ class _Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(str(e))
             self["tls"] = files
+
+    def _checkDirectory(self) -> None:
+        if self["images-dir"] is None:
+            raise usage.UsageError("--images-dir is required: the directory given to CRIU with -D")
+        if self["local"] is None:
+            try:
+                checkDirectory(self["images-dir"])
+            except UnsafeDirectory as e:
+                raise usage.UsageError(f"--images-dir: {e}")
 
 
 class ProxyOptions(_Options):
@@ -122,7 +134,7 @@ class ProxyOptions(_Options):
         ["images-dir", "D", None, "The directory CRIU dumps to (criu dump -D).", _imagesDir],
         ["connect", "c", None, "Client endpoint of the cache's link, e.g. tcp:host=dest:port=7070."],
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-capture.sock."],
-        ["session", None, None, "Session name sent to the cache (default: HOST:DIR)."],
+        ["session", None, None, "Session name sent to the cache (default: HOST-DIRNAME-HASH, logged at start)."],
         ["tls-hostname", None, None, "With TLS: the name the cache's certificate must carry (default: --connect's host)."],
         ["window", None, DEFAULT_WINDOW, "Bytes of a session held until the cache acknowledges them, to send again "
          "after a broken link; CRIU's pipes wait while it is full (at least 4194304).", _window],
@@ -151,20 +163,43 @@ class CacheOptions(_Options):
     Options of C{twistd imgrelay-cache}.
     """
 
-    synopsis = "--images-dir DIR --listen ENDPOINT [options]"
+    synopsis = "(--images-dir DIR | --sessions-root ROOT) --listen ENDPOINT [options]"
     longdesc = (
         "Receive images from imgrelay-proxy into memory and serve them to "
-        "`criu restore --stream -D DIR` on DIR/streamer-serve.sock."
+        "`criu restore --stream -D DIR` on DIR/streamer-serve.sock. With "
+        "--sessions-root, serve many sessions at once, each in ROOT/NAME."
     )
     optParameters = [
         ["images-dir", "D", None, "The directory CRIU restores from (criu restore -D).", _imagesDir],
+        ["sessions-root", None, None, "Instead of --images-dir: serve each session in ROOT/NAME, NAME as the "
+         "proxy's --session gave it (criu restore -D ROOT/NAME).", _imagesDir],
         ["listen", "l", None, "Server endpoint for links from proxies, e.g. tcp:7070."],
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
         ["max-images", None, Limits().maxImages, "Images one session may hold.", _positive],
         ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", _positive],
         ["resume-timeout", None, DEFAULT_RESUME_TIMEOUT, "Seconds a session whose link broke waits for its proxy to "
          "resume it; then it fails and restores are told its images do not exist.", _seconds],
+        ["max-sessions", None, DEFAULT_MAX_SESSIONS, "With --sessions-root: sessions received at once.", _positive],
+        ["retain", None, 0.0, "Seconds a session is kept after its last restore ended, to be restored "
+         "again meanwhile.", _retainSeconds],
     ]
+
+    def _checkDirectory(self) -> None:
+        root = self["sessions-root"]
+        if root is None:
+            _Options._checkDirectory(self)
+            return
+        for clash in ("images-dir", "local"):
+            if self[clash] is not None:
+                raise usage.UsageError(f"--sessions-root and --{clash} exclude each other")
+        if self["oneshot"]:
+            raise usage.UsageError("--oneshot serves one session: use --images-dir, not --sessions-root")
+        if self["link"] == "criu":
+            raise usage.UsageError("--link criu names no session: use --images-dir, not --sessions-root")
+        try:
+            checkDirectory(root)
+        except UnsafeDirectory as e:
+            raise usage.UsageError(f"--sessions-root: {e}")
 
     def postOptions(self) -> None:
         """
@@ -256,7 +291,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
         Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
-        options["resume-timeout"],
+        resumeTimeout=options["resume-timeout"], sessionsRoot=options["sessions-root"], retain=options["retain"], maxSessions=options["max-sessions"],
     )
     if options["oneshot"]:
 

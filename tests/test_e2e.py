@@ -298,3 +298,58 @@ class ResumeEndToEndTests(_DaemonCase):
         self.assertGreaterEqual(relay.cuts, 8)
         self.assertIn("link resumed", proxy.log())
         self.assertIn("proxy resumed the link", cache.log())
+
+
+class SessionsRootEndToEndTests(SynchronousTestCase):
+    """
+    One C{twistd imgrelay-cache --sessions-root} receiving from two
+    C{twistd imgrelay-proxy}.
+    """
+
+    def test_twoSessions(self) -> None:
+        """
+        Two proxies, one named with C{--session} and one with the default
+        name (logged at start), dump into one cache; each session is
+        restored from C{ROOT/NAME}, twice within C{--retain}, byte for byte,
+        and a restore of one never sees the other's images. Stopping the
+        cache removes the session directories.
+        """
+        base = tempfile.mkdtemp(prefix="imgrelay-e2e-sessions-")
+        root = os.path.join(base, "root")
+        os.mkdir(root, 0o700)
+        port = freePort()
+        cache = Daemon("imgrelay-cache", ["--listen", f"tcp:{port}:interface=127.0.0.1", "--sessions-root", root,
+                                          "--retain", "600"], os.path.join(base, "cache.log"))
+        self.addCleanup(cache.stop)
+        cache.waitFor(port=port)
+        dumps: dict[str, dict[str, bytes]] = {}
+        names = []
+        for i, session in enumerate([["--session", "web-1"], []]):
+            dumpDir = os.path.join(base, f"dump{i}")
+            os.mkdir(dumpDir, 0o700)
+            proxy = Daemon("imgrelay-proxy", ["--connect", f"tcp:host=127.0.0.1:port={port}", "--images-dir",
+                                              dumpDir, "--oneshot", *session], os.path.join(base, f"proxy{i}.log"))
+            self.addCleanup(proxy.stop)
+            capture = os.path.join(dumpDir, "streamer-capture.sock")
+            proxy.waitFor(path=capture)
+            images = {"inventory.img": os.urandom(90), f"only-{i}.img": criu.patternBytes(str(i), (2 << 20) + i)}
+            dumper = criu.StreamDumper(capture)
+            for name, content in sorted(images.items()):
+                dumper.send(name, content)
+            dumper.close()
+            self.assertEqual(proxy.wait(), 0, proxy.log())
+            name = "web-1" if session else proxy.log().split("session name ")[1].split()[0]
+            names.append(name)
+            dumps[name] = images
+        self.assertEqual(names[0], "web-1")
+        self.assertTrue(names[1].startswith(socket.gethostname()[:20]), names[1])
+        self.assertEqual(sorted(os.listdir(root)), sorted(names))
+        for name, images in dumps.items():
+            for _ in range(2):
+                r = criu.StreamRestorer(os.path.join(root, name, "streamer-serve.sock"))
+                other = [n for n in ("only-0.img", "only-1.img") if n not in images]
+                restored = r.fetchAll(sorted(images) + other)
+                r.close()
+                self.assertEqual(restored, {**images, **{n: None for n in other}})
+        cache.stop()
+        self.assertEqual(os.listdir(root), [], cache.log())

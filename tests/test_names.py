@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay._names import MAX_ID, MAX_NAME, BadName, checkId, checkImageName
+from imgrelay._names import MAX_ID, MAX_NAME, BadName, checkId, checkImageName, checkSessionDirName
 
 
 class CheckImageNameTests(SynchronousTestCase):
@@ -156,3 +156,64 @@ class CheckIdTests(SynchronousTestCase):
         self.assertEqual(checkId("session", "ab", maxLength=2), "ab")
         with self.assertRaises(BadName):
             checkId("session", "abc", maxLength=2)
+
+
+class CheckSessionDirNameTests(SynchronousTestCase):
+    """
+    L{checkSessionDirName} accepts names that are a directory of their own
+    under the sessions root, and refuses anything else.
+    """
+
+    def assertRefused(self, name: str, *words: str) -> None:
+        """
+        Assert C{name} is refused with L{BadName} whose message holds each of
+        C{words}.
+        """
+        with self.assertRaises(BadName) as raised:
+            checkSessionDirName(name)
+        for word in words:
+            self.assertIn(word, str(raised.exception))
+
+    def test_accepted(self) -> None:
+        """
+        Host-and-directory names, with dots, colons and non-ASCII letters
+        inside, are returned unchanged.
+        """
+        for name in ["web-1", "host-a-dump-1f3e9c2a", "db.example:5432", "a..b", "été", "x" * MAX_NAME]:
+            self.assertEqual(checkSessionDirName(name), name)
+
+    def test_empty(self) -> None:
+        """
+        The empty name is refused.
+        """
+        self.assertRefused("", "empty")
+
+    def test_leadingDot(self) -> None:
+        """
+        C{.}, C{..} and hidden names are refused.
+        """
+        for name in (".", "..", ".hidden", "..x"):
+            self.assertRefused(name, repr(name), "'.'")
+
+    def test_slash(self) -> None:
+        """
+        A C{/} anywhere is refused: the name would leave the sessions root
+        or name a nested directory.
+        """
+        for name in ("a/b", "/etc", "x/", "../../etc"):
+            self.assertRaises(BadName, checkSessionDirName, name)
+        self.assertRefused("a/b", "'/'")
+
+    def test_nul(self) -> None:
+        """
+        A NUL is refused.
+        """
+        self.assertRefused("a\0b", "NUL")
+
+    def test_lengthInBytes(self) -> None:
+        """
+        The limit counts UTF-8 bytes: 128 two-byte letters are too long.
+        """
+        self.assertRefused("x" * (MAX_NAME + 1), "over 255 bytes")
+        self.assertRefused("é" * 128, "over 255 bytes")
+        self.assertEqual(checkSessionDirName("é" * 127), "é" * 127)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from imgrelay._errors import SessionError
 from imgrelay._integrity import ManifestEntry
-from imgrelay._interfaces import IImageSource
+from imgrelay._interfaces import IImageSource, ISessionClaims
 from imgrelay._imagedata import ImageData
 from imgrelay._store import Image, Session, SessionSlot, SessionState
 
@@ -420,6 +422,198 @@ class SessionSlotTests(SynchronousTestCase):
         self.slot.detachRestore(restore)
         self.assertEqual(self.consumed, [old])
         self.assertIs(self.slot.current, new)
+
+
+class RetainTests(SynchronousTestCase):
+    """
+    A L{SessionSlot} with a retention time keeps a final session that many
+    seconds after its last restore left, readable again meanwhile.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.consumed: list[Session] = []
+        self.slot = SessionSlot(self.consumed.append, self.clock.seconds, retain=30, timer=self.clock)
+
+    def completed(self) -> Session:
+        session = self.slot.claim("mig")
+        session.addVerified(_image("a.img", b"pages"))
+        session.complete()
+        return session
+
+    def test_interface(self) -> None:
+        """
+        L{SessionSlot} provides L{ISessionClaims}.
+        """
+        self.assertTrue(verifyObject(ISessionClaims, self.slot))
+
+    def test_needsTimer(self) -> None:
+        """
+        A positive retention time without a timer is refused.
+        """
+        self.assertRaises(ValueError, SessionSlot, retain=1)
+
+    def test_keptAfterRestore(self) -> None:
+        """
+        A complete session stays current, with its images, until C{retain}
+        seconds after its restore left; then it is consumed, its images
+        dropped, and a fresh session is current.
+        """
+        session = self.completed()
+        self.slot.detachRestore(self.slot.attachRestore())
+        self.clock.advance(29.9)
+        self.assertEqual(self.consumed, [])
+        self.assertIs(self.slot.current, session)
+        self.assertEqual(len(session.images), 1)
+        self.assertEqual(self.slot.pendingReleases, 1)
+        self.clock.advance(0.1)
+        self.assertEqual(self.consumed, [session])
+        self.assertEqual(session.images, {})
+        self.assertIsNot(self.slot.current, session)
+        self.assertIs(self.slot.current.state, SessionState.WAITING)
+        self.assertEqual(self.slot.pendingReleases, 0)
+
+    def test_readTwice(self) -> None:
+        """
+        A second restore during the retention time reads the same bytes;
+        the time starts over when it leaves.
+        """
+        session = self.completed()
+        first = self.slot.attachRestore()
+        image = self.successResultOf(first.waitImage("", "a.img"))
+        assert image is not None
+        self.assertEqual(image.data.tobytes(), b"pages")
+        self.slot.detachRestore(first)
+        self.clock.advance(20)
+        second = self.slot.attachRestore()
+        self.assertIs(second, session)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        again = self.successResultOf(second.waitImage("", "a.img"))
+        assert again is not None
+        self.assertEqual(again.data.tobytes(), b"pages")
+        self.slot.detachRestore(second)
+        self.clock.advance(29)
+        self.assertEqual(self.consumed, [])
+        self.clock.advance(1)
+        self.assertEqual(self.consumed, [session])
+
+    def test_notRestoredKept(self) -> None:
+        """
+        A complete session no restore read yet is kept however long it
+        takes: the retention time starts when a restore leaves.
+        """
+        session = self.completed()
+        self.clock.advance(3600)
+        self.assertEqual(self.consumed, [])
+        self.assertIs(self.slot.attachRestore(), session)
+
+    def test_failedKeptForRetain(self) -> None:
+        """
+        A failed session no restore reads is consumed C{retain} seconds after
+        it failed; it stays current so that a later restore learns of the
+        failure.
+        """
+        session = self.slot.claim("mig")
+        session.fail("broken")
+        self.clock.advance(29)
+        self.assertEqual(self.consumed, [])
+        self.clock.advance(1)
+        self.assertEqual(self.consumed, [session])
+        restore = self.slot.attachRestore()
+        self.assertIs(restore, session)
+        self.assertIsNone(self.successResultOf(restore.waitImage("", "a.img")))
+
+    def test_failedWithRestore(self) -> None:
+        """
+        A failed session a restore reads is consumed C{retain} seconds after
+        that restore left.
+        """
+        restore = self.slot.attachRestore()
+        session = self.slot.claim("mig")
+        session.fail("broken")
+        self.clock.advance(100)
+        self.assertEqual(self.consumed, [])
+        self.slot.detachRestore(restore)
+        self.clock.advance(30)
+        self.assertEqual(self.consumed, [session])
+        self.assertIsNot(self.slot.current, session)
+
+    def test_claimDuringRetention(self) -> None:
+        """
+        Another name claimed while a session is kept replaces it at once:
+        it is consumed and its timer cancelled.
+        """
+        old = self.completed()
+        self.slot.detachRestore(self.slot.attachRestore())
+        new = self.slot.claim("mig2")
+        self.assertEqual(self.consumed, [old])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIs(self.slot.current, new)
+
+    def test_neverRestoredWarning(self) -> None:
+        """
+        Replacing a complete session logs a warning if no restore ever read
+        it, and none if one did (it was only kept for C{retain}).
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        self.completed()
+        self.slot.detachRestore(self.slot.attachRestore())
+        self.slot.claim("mig2").complete()
+        self.assertFalse([e for e in events if "never restored" in formatEvent(e)])
+        self.slot.claim("mig3")
+        (warning,) = [formatEvent(e) for e in events if "never restored" in formatEvent(e)]
+        self.assertIn("session mig2 was never restored", warning)
+
+    def test_sameNameDuringRetention(self) -> None:
+        """
+        The same name is refused while its complete session is kept.
+        """
+        self.completed()
+        self.slot.detachRestore(self.slot.attachRestore())
+        self.assertRaises(SessionError, self.slot.claim, "mig")
+        self.clock.advance(30)
+        self.assertIs(self.slot.claim("mig").state, SessionState.RECEIVING)
+
+    def test_replacedWhileRead(self) -> None:
+        """
+        A claim that replaces a session a restore still reads does not
+        consume it: the restore reads on, and it is consumed C{retain}
+        seconds after the restore left.
+        """
+        old = self.completed()
+        restore = self.slot.attachRestore()
+        self.slot.claim("mig2")
+        self.assertEqual(self.consumed, [])
+        image = self.successResultOf(restore.waitImage("", "a.img"))
+        assert image is not None
+        self.slot.detachRestore(restore)
+        self.clock.advance(30)
+        self.assertEqual(self.consumed, [old])
+
+
+class RetainStopTests(SynchronousTestCase):
+    """
+    L{SessionSlot.stop} ends retention.
+    """
+
+    def test_stop(self) -> None:
+        """
+        A kept session is consumed at once when the slot stops, and a
+        session that fails afterwards is consumed at once too.
+        """
+        clock = Clock()
+        consumed: list[Session] = []
+        slot = SessionSlot(consumed.append, clock.seconds, retain=60, timer=clock)
+        kept = slot.claim("mig")
+        kept.complete()
+        slot.detachRestore(slot.attachRestore())
+        slot.stop()
+        self.assertEqual(consumed, [kept])
+        late = slot.claim("mig2")
+        late.fail("the cache is shutting down")
+        self.assertEqual(consumed, [kept, late])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class ReadsWaitForEndTests(SynchronousTestCase):

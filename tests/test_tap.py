@@ -17,7 +17,8 @@ from zope.interface.verify import verifyObject
 
 from imgrelay import _exit
 from imgrelay._cache import CacheService
-from imgrelay._proxy import ProxyService
+from imgrelay._names import checkSessionDirName
+from imgrelay._proxy import ProxyService, defaultSessionName
 from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
 
 
@@ -55,7 +56,8 @@ class OptionsTests(SynchronousTestCase):
     def test_proxyOptions(self) -> None:
         """
         A full proxy command line parses into the expected values, with a
-        session name derived from the host and the directory.
+        session name derived from the host and the directory that is a safe
+        directory name on the cache.
         """
         options = ProxyOptions()
         options.parseOptions(["--images-dir", self.dir, "--connect", "tcp:host=dest:port=7070", "--oneshot"])
@@ -63,7 +65,9 @@ class OptionsTests(SynchronousTestCase):
             {k: options[k] for k in ("images-dir", "connect", "local", "oneshot")},
             {"images-dir": self.dir, "connect": "tcp:host=dest:port=7070", "local": None, "oneshot": 1},
         )
-        self.assertTrue(options["session"].endswith(":" + self.dir))
+        self.assertEqual(options["session"], defaultSessionName(self.dir))
+        self.assertIn("-" + os.path.basename(self.dir) + "-", options["session"])
+        self.assertEqual(checkSessionDirName(options["session"]), options["session"])
 
     def test_cacheOptions(self) -> None:
         """
@@ -188,3 +192,78 @@ class ProtocolAndLinkOptionsTests(SynchronousTestCase):
         self.assertEqual((defaults["protocol"], defaults["link"], defaults["idle-timeout"]), ("stream", "imgrelay", 30.0))
         for bad in (["--protocol", "nfs"], ["--link", "ftp"], ["--idle-timeout", "0"]):
             self.assertRaises(UsageError, CacheOptions().parseOptions, ["-D", d, "--listen", "tcp:0", *bad])
+
+
+class SessionsRootOptionsTests(SynchronousTestCase):
+    """
+    C{--sessions-root}, C{--retain} and C{--max-sessions} of the cache.
+    """
+
+    def setUp(self) -> None:
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, self.root)
+
+    def assertUsage(self, args: list[str], expected: str) -> None:
+        error = self.assertRaises(UsageError, CacheOptions().parseOptions, args)
+        self.assertIn(expected, str(error))
+
+    def test_values(self) -> None:
+        """
+        A sessions root replaces the images directory; C{--retain} and
+        C{--max-sessions} parse, with defaults 0 and 64.
+        """
+        options = CacheOptions()
+        options.parseOptions(["--sessions-root", self.root, "--listen", "tcp:0", "--retain", "90",
+                              "--max-sessions", "8"])
+        self.assertEqual(
+            {k: options[k] for k in ("sessions-root", "images-dir", "retain", "max-sessions")},
+            {"sessions-root": self.root, "images-dir": None, "retain": 90.0, "max-sessions": 8},
+        )
+        defaults = CacheOptions()
+        defaults.parseOptions(["-D", self.root, "--listen", "tcp:0"])
+        self.assertEqual((defaults["retain"], defaults["max-sessions"], defaults["sessions-root"]), (0.0, 64, None))
+
+    def test_exclusive(self) -> None:
+        """
+        C{--sessions-root} excludes C{--images-dir} and C{--local}; one of
+        the two directories is required.
+        """
+        self.assertUsage(["--sessions-root", self.root, "-D", self.root, "--listen", "tcp:0"], "exclude each other")
+        self.assertUsage(["--sessions-root", self.root, "--local", "unix:/tmp/x.sock", "--listen", "tcp:0"],
+                         "exclude each other")
+        self.assertUsage(["--listen", "tcp:0"], "--images-dir is required")
+
+    def test_refusedCombinations(self) -> None:
+        """
+        C{--oneshot} (one session) and C{--link criu} (no session names) are
+        refused with a sessions root.
+        """
+        self.assertUsage(["--sessions-root", self.root, "--listen", "tcp:0", "--oneshot"], "--oneshot")
+        self.assertUsage(["--sessions-root", self.root, "--listen", "tcp:0", "--link", "criu"], "--link criu")
+
+    def test_badValues(self) -> None:
+        """
+        A negative or non-numeric retention time, a non-positive session
+        count, a missing or unsafe root are refused.
+        """
+        base = ["--sessions-root", self.root, "--listen", "tcp:0"]
+        for bad in (["--retain", "-1"], ["--retain", "soon"], ["--retain", "inf"], ["--max-sessions", "0"]):
+            self.assertRaises(UsageError, CacheOptions().parseOptions, base + bad)
+        self.assertUsage(["--sessions-root", self.root + "/nope", "--listen", "tcp:0"], "is not a directory")
+        os.chmod(self.root, 0o777)
+        self.assertUsage(base, "--sessions-root")
+
+    def test_service(self) -> None:
+        """
+        The cache's service for a sessions root holds a registry with the
+        options' limits, and no single slot.
+        """
+        options = CacheOptions()
+        options.parseOptions(["--sessions-root", self.root, "--listen", "tcp:0", "--max-sessions", "3"])
+        service = makeCacheService(options, MemoryReactorClock())
+        (inner,) = list(service)  # type: ignore[call-overload]
+        self.assertIsInstance(inner, CacheService)
+        self.assertIsNone(inner.slot)
+        assert inner.registry is not None
+        self.assertEqual(inner.registry.maxSessions, 3)
+        self.assertEqual(inner.sessions, [])
