@@ -17,8 +17,10 @@ from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
+from imgrelay._feeds import observeCache
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
+from imgrelay._observe import Observability
 from imgrelay._proxy import LINKS, PROTOCOLS
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
 from imgrelay._remotesides import CacheRemoteBackend
@@ -38,6 +40,8 @@ class CacheService(MultiService):
     The cache: links in on C{listen}, restores on C{local}.
 
     @ivar slot: The session being received and served.
+    @ivar observer: Its statistics (C{observer.stats}), progress lines,
+        status fd and HTTP status.
     """
 
     log = Logger()
@@ -47,6 +51,7 @@ class CacheService(MultiService):
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
         link: str = "imgrelay",
         limits: Limits = Limits(),
+        observability: Observability = Observability(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -62,6 +67,7 @@ class CacheService(MultiService):
         @param link: C{"imgrelay"}, or C{"criu"} to accept a CRIU
             image-proxy's format (nothing can be verified).
         @param limits: Images and bytes per session, local connections.
+        @param observability: Progress lines, stats file, status fd, HTTP.
         @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
@@ -87,7 +93,10 @@ class CacheService(MultiService):
         else:
             factory = StreamServeFactory(self.slot, reactor)
         factory.connectionLimit = limits.maxLocalConnections
-        strports.service(local, factory, reactor=reactor).setServiceParent(self)
+        localService = strports.service(local, factory, reactor=reactor)
+        localService.setServiceParent(self)
+        self.observer = observeCache(self.slot, observability, reactor, {"local": localService, "link": self._link})
+        self.observer.setServiceParent(self)
 
     def linkAddress(self) -> Deferred[IAddress]:
         """
@@ -150,6 +159,7 @@ def cacheService(
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
+    observability: Observability = Observability(),
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -173,6 +183,8 @@ def cacheService(
     @param socketMode: The permission bits of the socket in C{imagesDir}.
     @param limits: Images and bytes per session, local connections at once
         (L{imgrelay.Limits}).
+    @param observability: Progress lines, a stats file, a status fd and an
+        HTTP status endpoint (L{imgrelay.Observability}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -185,5 +197,5 @@ def cacheService(
         checkDirectory(imagesDir)
         local = localEndpoint(imagesDir, socket, socketMode)
     return CacheService(
-        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits, observability
     )

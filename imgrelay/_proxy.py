@@ -18,8 +18,10 @@ from twisted.python.failure import Failure
 
 from imgrelay._criulink import CriuLinkSenderFactory
 from imgrelay._errors import SessionError
+from imgrelay._feeds import observeProxy
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
+from imgrelay._observe import Observability
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
@@ -49,6 +51,8 @@ class ProxyService(MultiService):
     cache over its own link.
 
     @ivar sessionName: The name each session is sent under.
+    @ivar observer: Its statistics (C{observer.stats}), status fd and HTTP
+        status.
     """
 
     log = Logger()
@@ -66,6 +70,7 @@ class ProxyService(MultiService):
         tlsHostname: Optional[str] = None,
         link: str = "imgrelay",
         limits: Limits = Limits(),
+        observability: Observability = Observability(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -84,6 +89,7 @@ class ProxyService(MultiService):
             in its own format (no acknowledgement, no checksum).
         @param limits: Local connections at once (the cache enforces the
             per-session limits).
+        @param observability: Stats file, status fd, HTTP.
         @raise ValueError: For an unknown protocol, unreadable TLS files, or
             no host name to check the cache's certificate against.
         """
@@ -110,6 +116,7 @@ class ProxyService(MultiService):
             self.connectDescription += f" (TLS, expecting {tlsHostname})"
         self.sessionName = sessionName
         self._observers: list[SessionObserver] = []
+        self._startObservers: list[Callable[[ProxySession], None]] = []
         self.sessions: set[ProxySession] = set()
         factory: Factory
         if protocol == "remote":
@@ -117,7 +124,10 @@ class ProxyService(MultiService):
         else:
             factory = StreamCaptureFactory(self.newSession, reactor)
         factory.connectionLimit = limits.maxLocalConnections
-        strports.service(local, factory, reactor=reactor).setServiceParent(self)
+        localService = strports.service(local, factory, reactor=reactor)
+        localService.setServiceParent(self)
+        self.observer = observeProxy(self, observability, reactor, {"local": localService})
+        self.observer.setServiceParent(self)
 
     def stopService(self) -> Any:
         """
@@ -134,6 +144,12 @@ class ProxyService(MultiService):
         L{Failure} that ended it.
         """
         self._observers.append(observer)
+
+    def addSessionStartObserver(self, observer: Callable[[ProxySession], None]) -> None:
+        """
+        Call C{observer} with each session as a dump starts it.
+        """
+        self._startObservers.append(observer)
 
     #: How many sessions this proxy starts in its life (None: no limit); a
     #: C{--oneshot} proxy starts one, and a second dump is refused instead
@@ -154,6 +170,8 @@ class ProxyService(MultiService):
             self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose
         )
         self.sessions.add(session)
+        for observer in self._startObservers:
+            observer(session)
         self.log.info(
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
@@ -190,6 +208,7 @@ def proxyService(
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
+    observability: Observability = Observability(),
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -217,6 +236,8 @@ def proxyService(
         handshake, no checksums.
     @param socketMode: The permission bits of the socket in C{imagesDir}.
     @param limits: Local connections at once (L{imgrelay.Limits}).
+    @param observability: A stats file, a status fd and an HTTP status
+        endpoint (L{imgrelay.Observability}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -232,7 +253,7 @@ def proxyService(
         local = localEndpoint(imagesDir, socket, socketMode)
     return ProxyService(
         reactor, local, connect, sessionName, verbose, protocol, idleTimeout,
-        tls, tlsHostname, link, limits,
+        tls, tlsHostname, link, limits, observability,
     )
 
 
