@@ -246,6 +246,8 @@ class DaemonStats:
         @param cause: Why.
         @param kind: C{checksum}, C{protocol} or C{other}.
         """
+        if not session.active:
+            return
         session.error = cause
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self._end(session, "failed", None)
