@@ -81,6 +81,8 @@ class ObservingService(MultiService):
     status of one daemon.
 
     @ivar stats: What it reports on.
+    @ivar statusWriter: Writes the status fd's lines, once started with
+        one.
     """
 
     log = Logger()
@@ -102,7 +104,7 @@ class ObservingService(MultiService):
         self.options = options
         self._reactor = reactor
         self._listening = dict(listening)
-        self._status: Optional[LineWriter] = None
+        self.statusWriter: Optional[LineWriter] = None
         self._loop = LoopingCall(self._progress)
         self._loop.clock = reactor
         stats.addListener(self._sessionEvent)
@@ -119,8 +121,8 @@ class ObservingService(MultiService):
         once every socket listens.
         """
         MultiService.startService(self)
-        if self.options.statusFd is not None and self._status is None:
-            self._status = LineWriter(self.options.statusFd, self._reactor)
+        if self.options.statusFd is not None and self.statusWriter is None:
+            self.statusWriter = LineWriter(self.options.statusFd, self._reactor)
         if self.options.progressInterval > 0:
             self._loop.start(self.options.progressInterval, now=False)
         names = list(self._listening)
@@ -149,8 +151,8 @@ class ObservingService(MultiService):
         """
         Write one event to the status fd, if there is one.
         """
-        if self._status is not None:
-            self._status.writeLine(json.dumps(event).encode() + b"\n")
+        if self.statusWriter is not None:
+            self.statusWriter.writeLine(json.dumps(event).encode() + b"\n")
 
     def _progress(self) -> None:
         for session in self.stats.sample():
