@@ -9,6 +9,8 @@ import json
 import os
 import select
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import urllib.request
@@ -230,3 +232,28 @@ class RemoteEndToEndTests(SynchronousTestCase):
         self.assertIsNone(restore.read("/mig/d3", "memfd.img"))
         restore.finish(criu.O_RDONLY)
         self.assertEqual(cache.wait(), 0, cache.log())
+
+
+class LazyImportTests(SynchronousTestCase):
+    """
+    A daemon without C{--http} does not load the HTTP server or
+    C{prometheus_client}.
+    """
+
+    def test_httpOnlyWhenAsked(self) -> None:
+        """
+        Services made without an HTTP endpoint leave C{twisted.web} and
+        C{prometheus_client} unimported; one made with it imports them.
+        """
+        d = tempfile.mkdtemp()
+        script = (
+            "import sys, imgrelay\n"
+            f"imgrelay.cacheService({d!r}, 'tcp:0:interface=127.0.0.1')\n"
+            f"imgrelay.proxyService({d!r}, 'tcp:host=127.0.0.1:port=1')\n"
+            "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
+            f"imgrelay.cacheService({d!r}, 'tcp:0', local='unix:' + {d!r} + '/x.sock',"
+            " observability=imgrelay.Observability(http='tcp:0'))\n"
+            "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60)
+        self.assertEqual(out.stdout.split(b"\n")[:2], [b"False False", b"True True"])
