@@ -15,6 +15,7 @@ The services are public API, to add to any Twisted application::
 from imgrelay._cache import CacheService, cacheService
 from imgrelay._errors import ProtocolError, SessionError
 from imgrelay._limits import Limits
+from imgrelay._observe import Observability
 from imgrelay._proxy import ProxyService, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._store import Session, SessionState
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CacheService",
     "Limits",
+    "Observability",
     "ProtocolError",
     "ProxyService",
     "Session",

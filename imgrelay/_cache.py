@@ -17,8 +17,10 @@ from twisted.logger import Logger
 
 from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
+from imgrelay._feeds import observeCache
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
+from imgrelay._observe import Observability
 from imgrelay._proxy import LINKS, PROTOCOLS
 from imgrelay._registry import DEFAULT_MAX_SESSIONS, SessionRegistry
 from imgrelay._remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
@@ -70,6 +72,8 @@ class CacheService(MultiService):
     @ivar registry: The sessions by name (with a sessions root), or None.
     @ivar directories: Their directories and sockets (with a sessions
         root), or None.
+    @ivar observer: Its statistics (C{observer.stats}), progress lines,
+        status fd and HTTP status.
     """
 
     log = Logger()
@@ -86,6 +90,7 @@ class CacheService(MultiService):
         socketMode: int = DEFAULT_MODE,
         imagesDir: Optional[str] = None,
         clock: Optional[IReactorTime] = None,
+        observability: Observability = Observability(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -115,6 +120,7 @@ class CacheService(MultiService):
             other than CRIU's (on C{local}) go; None for none of them.
         @param clock: Where the retention time is counted; the reactor by
             default.
+        @param observability: Progress lines, stats file, status fd, HTTP.
         @raise ValueError: For an unknown protocol or unreadable TLS files,
             or a sessions root with C{local} or the C{"criu"} link.
         """
@@ -155,14 +161,21 @@ class CacheService(MultiService):
         else:
             self._link = serverService(reactor, listen, self._linkFactory, tls)
         self._link.setServiceParent(self)
+        listening = {"link": self._link}
         if self.slot is not None and local is not None:
             (_, makeFactory), *others = sockets
-            strports.service(local, makeFactory(self.slot), reactor=reactor).setServiceParent(self)
+            localService = strports.service(local, makeFactory(self.slot), reactor=reactor)
+            localService.setServiceParent(self)
+            listening["local"] = localService
             for name, makeFactory in others:
                 if imagesDir is not None:
                     # Beside CRIU's, in the images directory.
                     endpoint = localEndpoint(imagesDir, name, socketMode)
                     strports.service(endpoint, makeFactory(self.slot), reactor=reactor).setServiceParent(self)
+        self.observer = observeCache(
+            claims, observability, reactor, listening, lambda: sum(s.bytes for s in self.sessions)
+        )
+        self.observer.setServiceParent(self)
 
     @property
     def sessions(self) -> list[Session]:
@@ -246,6 +259,7 @@ def cacheService(
     retain: float = 0.0,
     maxSessions: int = DEFAULT_MAX_SESSIONS,
     clock: Optional[IReactorTime] = None,
+    observability: Observability = Observability(),
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -284,6 +298,8 @@ def cacheService(
     @param maxSessions: With C{sessionsRoot}, how many sessions may be
         received at once; a link beyond them is refused.
     @param clock: Where C{retain} is counted; C{reactor} by default.
+    @param observability: Progress lines, a stats file, a status fd and an
+        HTTP status endpoint (L{imgrelay.Observability}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir} or
         C{sessionsRoot}.
@@ -307,5 +323,5 @@ def cacheService(
     return CacheService(
         reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits,
         resumeTimeout=resumeTimeout, sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions, socketMode=socketMode,
-        imagesDir=imagesDir, clock=clock,
+        imagesDir=imagesDir, clock=clock, observability=observability,
     )

@@ -101,9 +101,10 @@ class CacheLinkState:
         """
         if isinstance(event, PayloadChunk):
             target = self._chunkTarget
-            assert target is not None
+            assert target is not None and self.session is not None
             target.data.append(event.data)
             target.checksum.update(event.data)
+            self.session.countReceived(len(event.data))
             return []
         if not isinstance(event, HeaderReceived):
             return []
@@ -146,10 +147,11 @@ class CacheLinkState:
         """
         target = self._chunkTarget
         view = self._pendingView
-        assert target is not None and view is not None
+        assert target is not None and view is not None and self.session is not None
         self._pendingView = None
         target.checksum.update(view[:n])
         target.data.commit(n)
+        self.session.countReceived(n)
 
     def openProgress(self) -> list[link_pb2.ImageProgress]:
         """
@@ -244,7 +246,7 @@ class CacheLinkState:
         if problem is not None:
             reason = f"image {incoming.name!r} refused: {problem}"
             self.log.error("session {session}: {reason}", session=self.session.name, reason=reason)
-            self.session.fail(reason)
+            self.session.fail(reason, "checksum")
             return [CacheMessage(image_refused=link_pb2.ImageRefused(image=message.image, reason=reason))]
         seconds = self._clock() - incoming.opened
         self.session.addVerified(Image(incoming.snapshotId, incoming.name, incoming.data, got.crc))
@@ -306,7 +308,7 @@ class CacheLinkState:
                            session=session.name, reason=reason)
             return None
         self.log.error("session {session} failed: {reason}", session=session.name, reason=reason)
-        session.fail(reason)
+        session.fail(reason, "protocol")
         return CacheMessage(failed=link_pb2.SessionFailed(reason=reason))
 
     def lost(self, reason: str) -> None:

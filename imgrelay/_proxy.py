@@ -18,9 +18,11 @@ from twisted.python.failure import Failure
 
 from imgrelay._criulink import CriuLinkSenderFactory
 from imgrelay._errors import SessionError
+from imgrelay._feeds import observeProxy
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
+from imgrelay._observe import Observability
 from imgrelay._proxylink import ProxyLinkFactory
 from imgrelay._reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay._proxysession import ProxySession, SessionOutcome
@@ -51,6 +53,8 @@ class ProxyService(MultiService):
     cache over its own link.
 
     @ivar sessionName: The name each session is sent under.
+    @ivar observer: Its statistics (C{observer.stats}), status fd and HTTP
+        status.
     """
 
     log = Logger()
@@ -70,6 +74,7 @@ class ProxyService(MultiService):
         limits: Limits = Limits(),
         window: int = DEFAULT_WINDOW,
         reconnectTimeout: float = DEFAULT_GIVE_UP,
+        observability: Observability = Observability(),
     ) -> None:
         """
         @param reactor: The reactor.
@@ -92,6 +97,7 @@ class ProxyService(MultiService):
             the cache, to send again after a broken link.
         @param reconnectTimeout: Seconds without a link accepted by the
             cache after which a session fails.
+        @param observability: Stats file, status fd, HTTP.
         @raise ValueError: For an unknown protocol, unreadable TLS files,
             no host name to check the cache's certificate against, or a
             window under L{MIN_WINDOW}.
@@ -123,6 +129,7 @@ class ProxyService(MultiService):
             self.connectDescription += f" (TLS, expecting {tlsHostname})"
         self.sessionName = sessionName
         self._observers: list[SessionObserver] = []
+        self._startObservers: list[Callable[[ProxySession], None]] = []
         self.sessions: set[ProxySession] = set()
         factory: Factory
         if protocol == "remote":
@@ -130,7 +137,10 @@ class ProxyService(MultiService):
         else:
             factory = StreamCaptureFactory(self.newSession, reactor)
         factory.connectionLimit = limits.maxLocalConnections
-        strports.service(local, factory, reactor=reactor).setServiceParent(self)
+        localService = strports.service(local, factory, reactor=reactor)
+        localService.setServiceParent(self)
+        self.observer = observeProxy(self, observability, reactor, {"local": localService})
+        self.observer.setServiceParent(self)
 
     def stopService(self) -> Any:
         """
@@ -147,6 +157,12 @@ class ProxyService(MultiService):
         L{Failure} that ended it.
         """
         self._observers.append(observer)
+
+    def addSessionStartObserver(self, observer: Callable[[ProxySession], None]) -> None:
+        """
+        Call C{observer} with each session as a dump starts it.
+        """
+        self._startObservers.append(observer)
 
     #: How many sessions this proxy starts in its life (None: no limit); a
     #: C{--oneshot} proxy starts one, and a second dump is refused instead
@@ -167,6 +183,8 @@ class ProxyService(MultiService):
             self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose
         )
         self.sessions.add(session)
+        for observer in self._startObservers:
+            observer(session)
         self.log.info(
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
@@ -206,6 +224,7 @@ def proxyService(
     limits: Limits = Limits(),
     window: int = DEFAULT_WINDOW,
     reconnectTimeout: float = DEFAULT_GIVE_UP,
+    observability: Observability = Observability(),
 ) -> ProxyService:
     """
     Make an imgrelay proxy to add to an application.
@@ -238,6 +257,8 @@ def proxyService(
     @param reconnectTimeout: After a broken link, the proxy reconnects with
         back-off and resumes the session; it fails the session after this
         many seconds without a link the cache accepted (60 by default).
+    @param observability: A stats file, a status fd and an HTTP status
+        endpoint (L{imgrelay.Observability}).
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -253,7 +274,7 @@ def proxyService(
         local = localEndpoint(imagesDir, socket, socketMode)
     return ProxyService(
         reactor, local, connect, sessionName, verbose, protocol, idleTimeout,
-        tls, tlsHostname, link, limits, window, reconnectTimeout,
+        tls, tlsHostname, link, limits, window, reconnectTimeout, observability,
     )
 
 

@@ -81,6 +81,13 @@ class SessionRegistry:
         self._timer = timer
         self.maxSessions = maxSessions
         self.slots: dict[str, SessionSlot] = {}
+        self._claimObservers: list[Callable[[Session], None]] = []
+
+    def addClaimObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with each session a proxy claims, once claimed.
+        """
+        self._claimObservers.append(observer)
 
     @property
     def sessions(self) -> list[Session]:
@@ -125,7 +132,10 @@ class SessionRegistry:
             slot = self._open(name)
         else:
             self.log.info("session {session}: failed earlier; starting again", session=name)
-        return slot.claim(name)
+        session = slot.claim(name)
+        for observer in list(self._claimObservers):
+            observer(session)
+        return session
 
     def _open(self, name: str) -> SessionSlot:
         slot = SessionSlot(

@@ -76,6 +76,10 @@ class Session:
     @ivar name: The name the proxy gave, None until a link claims it.
     @ivar state: A L{SessionState}.
     @ivar failure: Why it failed, if it did.
+    @ivar failureKind: What kind of error failed it: C{checksum},
+        C{protocol} or C{other}.
+    @ivar received: Bytes of image content the link brought so far,
+        verified or not.
     @ivar images: The verified images by (snapshot id, name): the latest
         version of each.
     @ivar snapshots: The snapshot list (CRIU's "parent"), in push order.
@@ -87,6 +91,9 @@ class Session:
         self.name: Optional[str] = None
         self.state = SessionState.WAITING
         self.failure: Optional[str] = None
+        self.failureKind: Optional[str] = None
+        self.received = 0
+        self._imageObservers: list[Callable[[Image], None]] = []
         self.images: dict[Key, Image] = {}
         self.snapshots: list[str] = []
         self._arriving: dict[Key, int] = {}
@@ -117,6 +124,25 @@ class Session:
         @return: The bytes of every verified image.
         """
         return sum(i.size for i in self.images.values())
+
+    @property
+    def inFlight(self) -> int:
+        """
+        @return: How many images are on their way, not verified yet.
+        """
+        return sum(self._arriving.values())
+
+    def countReceived(self, n: int) -> None:
+        """
+        C{n} more bytes of image content arrived (for the statistics).
+        """
+        self.received += n
+
+    def addImageObserver(self, observer: Callable[[Image], None]) -> None:
+        """
+        Call C{observer} with each image once it is verified.
+        """
+        self._imageObservers.append(observer)
 
     def claim(self, name: str) -> None:
         """
@@ -167,6 +193,8 @@ class Session:
         key = (image.snapshotId, image.name)
         self.images[key] = image
         self.notArriving(*key)
+        for observer in self._imageObservers:
+            observer(image)
         if key in self._arriving or self.readsWaitForEnd:
             # A later version is (or may be) on its way: requests wait.
             return
@@ -235,14 +263,20 @@ class Session:
         """
         self._end(SessionState.COMPLETE)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, kind: str = "other") -> None:
         """
         The session failed: no image of it will be served from now on, and
         every request waiting is told the image does not exist.
+
+        @param reason: Why.
+        @param kind: C{"checksum"} (an image's size or CRC-32C was wrong),
+            C{"protocol"} (the link broke the protocol or a limit), or
+            C{"other"}.
         """
         if self.final:
             return
         self.failure = reason
+        self.failureKind = kind
         self.images.clear()
         self._end(SessionState.FAILED)
 
@@ -296,6 +330,7 @@ class SessionSlot:
         self._timer = timer
         self._renew = renew
         self._releases: dict[Session, IDelayedCall] = {}
+        self._claimObservers: list[Callable[[Session], None]] = []
         self.current = self._fresh()
 
     def _fresh(self) -> Session:
@@ -376,9 +411,17 @@ class SessionSlot:
             if not old.restores:
                 # Restores still reading it consume it when they leave.
                 self._consume(old)
-            return current
-        current.claim(name)
+        else:
+            current.claim(name)
+        for observer in self._claimObservers:
+            observer(current)
         return current
+
+    def addClaimObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with each session once a proxy claimed it.
+        """
+        self._claimObservers.append(observer)
 
     def attachRestore(self) -> Session:
         """

@@ -22,6 +22,7 @@ from imgrelay._exit import stopWithStatus
 from imgrelay._limits import Limits
 from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
+from imgrelay._observe import Observability
 from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._reconnect import DEFAULT_GIVE_UP
@@ -72,6 +73,24 @@ def _retainSeconds(value: str) -> float:
     return seconds
 
 
+def _interval(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0:
+        raise ValueError(f"{value!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def _openFd(value: str) -> int:
+    fd = int(value)
+    if fd < 0:
+        raise ValueError(f"{value!r} is not a file descriptor")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise ValueError(f"file descriptor {fd} is not open") from None
+    return fd
+
+
 def _imagesDir(value: str) -> str:
     if not os.path.isdir(value):
         raise ValueError(f"{value!r} is not a directory")
@@ -90,6 +109,11 @@ class _Options(usage.Options):
         ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local sockets (in --images-dir, or in each "
          "session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
+        ["stats-file", None, None, "Append one JSON line per session ended to this file."],
+        ["status-fd", None, None, "Write JSON lifecycle events (listening, first-image, complete, failed) to this "
+         "open file descriptor, one per line.", _openFd],
+        ["http", None, None, "Server endpoint for GET /status (JSON) and /metrics (Prometheus), "
+         "e.g. tcp:9180:interface=127.0.0.1 (off by default)."],
     ]
     optFlags = [
         ["oneshot", None, "Serve one session, then exit: 0 if it succeeded, 1 if not."],
@@ -109,6 +133,21 @@ class _Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(str(e))
             self["tls"] = files
+        if self["http"]:
+            _checkEndpoint(serverFromString, self["http"], "--http")
+        statsFile = self["stats-file"]
+        if statsFile is not None:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(statsFile))):
+                raise usage.UsageError(f"--stats-file: the directory of {statsFile!r} does not exist")
+            self["stats-file"] = os.path.abspath(statsFile)
+
+    def observability(self) -> Observability:
+        """
+        @return: What the daemon reports besides its log.
+        """
+        return Observability(
+            self.get("progress-interval", 0.0), self["stats-file"], self["status-fd"], self["http"] or None
+        )
 
     def _checkDirectory(self) -> None:
         if self["images-dir"] is None:
@@ -182,6 +221,8 @@ class CacheOptions(_Options):
         ["max-sessions", None, DEFAULT_MAX_SESSIONS, "With --sessions-root: sessions received at once.", _positive],
         ["retain", None, 0.0, "Seconds a session is kept after its last restore ended, to be restored "
          "again meanwhile.", _retainSeconds],
+        ["progress-interval", None, Observability().progressInterval,
+         "Seconds between progress lines, one per session in progress (0: none).", _interval],
     ]
 
     def _checkDirectory(self) -> None:
@@ -260,7 +301,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
         options["tls"], options["tls-hostname"], options["link"], options["socket-mode"],
         Limits(maxLocalConnections=options["max-local-connections"]), options["window"],
-        options["reconnect-timeout"],
+        options["reconnect-timeout"], options.observability(),
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
     if options["oneshot"]:
@@ -291,7 +332,8 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
         Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
-        resumeTimeout=options["resume-timeout"], sessionsRoot=options["sessions-root"], retain=options["retain"], maxSessions=options["max-sessions"],
+        resumeTimeout=options["resume-timeout"], sessionsRoot=options["sessions-root"], retain=options["retain"],
+        maxSessions=options["max-sessions"], observability=options.observability(),
     )
     if options["oneshot"]:
 

@@ -220,6 +220,7 @@ class _CacheLinkMixin(_MixinBase):
         self.assertErrorLogged(text)
         self.assertIs(self.session.state, SessionState.FAILED)
         self.assertIn(text, self.session.failure or "")
+        self.assertEqual(self.session.failureKind, "protocol")
         self.assertEqual(self.session.images, {})
 
     def assertImageRefused(self, image: int, text: str) -> None:
@@ -236,6 +237,7 @@ class _CacheLinkMixin(_MixinBase):
         self.assertErrorLogged(text)
         self.assertIs(self.session.state, SessionState.FAILED)
         self.assertIn(text, self.session.failure or "")
+        self.assertEqual(self.session.failureKind, "checksum")
 
     # The happy path.
 
@@ -705,7 +707,19 @@ class _CacheLinkMixin(_MixinBase):
         self.deliver(hello(), imageOpen(1, "a.img"), chunkHeader(1, 10), b"12345")
         self.protocol.connectionLost(Failure(ConnectionLost()))
         self.assertIs(self.session.state, SessionState.FAILED)
+        self.assertEqual(self.session.failureKind, "other")
         self.assertEqual(self.session.images, {})
+
+    def test_receivedCounted(self) -> None:
+        """
+        Every payload byte is counted as received by the session as it
+        arrives, within a chunk too, and images announced and not closed are
+        in flight.
+        """
+        self.deliver(hello(), wholeImage(1, "a.img", b"abc"), imageOpen(2, "b.img"), chunkHeader(2, 10), b"12345")
+        self.assertEqual((self.session.received, self.session.inFlight), (8, 1))
+        self.deliver(b"67890", imageClose(2, b"1234567890"))
+        self.assertEqual((self.session.received, self.session.inFlight), (13, 0))
 
     def test_lostBeforeHello(self) -> None:
         """
@@ -865,6 +879,33 @@ class CacheLinkByteTests(_CacheLinkMixin, SynchronousTestCase):
         """
         for i in range(len(data)):
             protocol.dataReceived(data[i : i + 1])
+
+
+class ReceiveIntoTests(SynchronousTestCase):
+    """
+    Payload received straight into an image's memory (the plain TCP path)
+    is counted too.
+    """
+
+    def test_chunkFilledCounted(self) -> None:
+        """
+        Bytes received through L{CacheLinkProtocol.payloadTarget} and
+        L{CacheLinkProtocol.payloadReceived} count as received, and the
+        image they make is verified.
+        """
+        protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(hello() + imageOpen(1, "a.img") + chunkHeader(1, 6))
+        session = protocol.state.session
+        assert session is not None
+        for piece in (b"abcd", b"ef"):
+            target = protocol.payloadTarget()
+            assert target is not None
+            target[: len(piece)] = piece
+            protocol.payloadReceived(len(piece))
+            self.assertEqual(session.received, 4 if piece == b"abcd" else 6)
+        protocol.dataReceived(imageClose(1, b"abcdef"))
+        self.assertEqual(session.images[("", "a.img")].data.tobytes(), b"abcdef")
 
 
 class CacheLinkFactoryTests(SynchronousTestCase):

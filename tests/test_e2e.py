@@ -5,11 +5,16 @@ driven by the CRIU-like client.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
-from typing import Optional
+import urllib.request
+from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -93,6 +98,58 @@ class EndToEndTests(_DaemonCase):
         self.assertFalse(os.path.exists(self.capture))
         self.assertFalse(os.path.exists(self.serve))
         self.assertIn("complete, cache confirmed 301 images", proxy.log())
+
+    def test_statusFdAndHttp(self) -> None:
+        """
+        C{twistd imgrelay-cache --status-fd N --http ... --stats-file ...}:
+        the orchestrator reads the link and HTTP ports from the first
+        status line, the session's completion from a later one, and
+        C{/status} and C{/metrics} count it.
+        """
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        statsFile = os.path.join(self.base, "stats.jsonl")
+        try:
+            cache = Daemon(
+                "imgrelay-cache",
+                ["--listen", "tcp:0:interface=127.0.0.1", "--images-dir", self.restoreDir, "--status-fd", str(w),
+                 "--http", "tcp:0:interface=127.0.0.1", "--stats-file", statsFile],
+                os.path.join(self.base, "cache.log"), passFds=(w,),
+            )
+            self.addCleanup(cache.stop)
+        finally:
+            os.close(w)
+        received = bytearray()
+
+        def event() -> dict[str, Any]:
+            while b"\n" not in received:
+                ready, _, _ = select.select([r], [], [], 30)
+                self.assertTrue(ready, cache.log())
+                data = os.read(r, 1 << 16)
+                self.assertTrue(data, cache.log())
+                received.extend(data)
+            line, _, rest = bytes(received).partition(b"\n")
+            received[:] = rest
+            return dict(json.loads(line))
+
+        listening = event()
+        self.assertEqual(listening["event"], "listening")
+        self.port = listening["link"]["port"]
+        proxy = self.proxy("--oneshot")
+        proxy.waitFor(path=self.capture)
+        dumper = criu.StreamDumper(self.capture)
+        dumper.send("inventory.img", b"inventory")
+        dumper.close()
+        self.assertEqual(proxy.wait(), 0, proxy.log())
+        self.assertEqual([event()["event"] for _ in range(2)], ["first-image", "complete"])
+        base = f"http://127.0.0.1:{listening['http']['port']}"
+        with urllib.request.urlopen(base + "/status", timeout=30) as response:
+            document = json.load(response)
+        self.assertEqual([(s["state"], s["images"], s["bytes"]) for s in document["sessions"]], [("complete", 1, 9)])
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+            self.assertIn(b'imgrelay_sessions_total{outcome="complete"} 1.0', response.read())
+        with open(statsFile) as f:
+            self.assertEqual(json.loads(f.read())["images"], 1)
 
     def test_socketMode(self) -> None:
         """
@@ -353,3 +410,28 @@ class SessionsRootEndToEndTests(SynchronousTestCase):
                 self.assertEqual(restored, {**images, **{n: None for n in other}})
         cache.stop()
         self.assertEqual(os.listdir(root), [], cache.log())
+
+
+class LazyImportTests(SynchronousTestCase):
+    """
+    A daemon without C{--http} does not load the HTTP server or
+    C{prometheus_client}.
+    """
+
+    def test_httpOnlyWhenAsked(self) -> None:
+        """
+        Services made without an HTTP endpoint leave C{twisted.web} and
+        C{prometheus_client} unimported; one made with it imports them.
+        """
+        d = tempfile.mkdtemp()
+        script = (
+            "import sys, imgrelay\n"
+            f"imgrelay.cacheService({d!r}, 'tcp:0:interface=127.0.0.1')\n"
+            f"imgrelay.proxyService({d!r}, 'tcp:host=127.0.0.1:port=1')\n"
+            "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
+            f"imgrelay.cacheService({d!r}, 'tcp:0', local='unix:' + {d!r} + '/x.sock',"
+            " observability=imgrelay.Observability(http='tcp:0'))\n"
+            "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60)
+        self.assertEqual(out.stdout.split(b"\n")[:2], [b"False False", b"True True"])

@@ -5,6 +5,8 @@ with its own slot, opened and closed through hooks.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -269,3 +271,23 @@ class SessionRegistryTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         registry.claim("late").fail("x")
         self.assertEqual(registry.slots, {})
+
+
+class RegistryClaimObserverTests(SynchronousTestCase):
+    """
+    The registry tells its claim observers (the cache's statistics) of every
+    session claimed under any name, and of none it refused.
+    """
+
+    def test_observed(self) -> None:
+        """
+        Each claimed session is told once, named and receiving; a refused
+        claim is not.
+        """
+        registry = SessionRegistry()
+        claimed: list[tuple[Optional[str], SessionState]] = []
+        registry.addClaimObserver(lambda s: claimed.append((s.name, s.state)))
+        registry.claim("one")
+        registry.claim("two")
+        self.assertRaises(SessionError, registry.claim, "one")
+        self.assertEqual(claimed, [("one", SessionState.RECEIVING), ("two", SessionState.RECEIVING)])

@@ -641,3 +641,83 @@ class ReadsWaitForEndTests(SynchronousTestCase):
         assert image is not None
         self.assertEqual(image.data.tobytes(), b"second")
         self.assertIsNone(self.successResultOf(absent))
+
+
+class StatisticsHookTests(SynchronousTestCase):
+    """
+    What L{Session} and L{SessionSlot} tell the statistics.
+    """
+
+    def test_countReceived(self) -> None:
+        """
+        Bytes counted as received add up, whether or not an image is
+        verified.
+        """
+        session = Session()
+        session.countReceived(10)
+        session.countReceived(5)
+        self.assertEqual(session.received, 15)
+
+    def test_inFlight(self) -> None:
+        """
+        Images announced and not yet verified are in flight, each version
+        counted.
+        """
+        session = Session()
+        session.arriving("", "a.img")
+        session.arriving("", "b.img")
+        session.arriving("", "b.img")
+        self.assertEqual(session.inFlight, 3)
+        session.addVerified(_image("b.img"))
+        self.assertEqual(session.inFlight, 2)
+        session.notArriving("", "a.img")
+        self.assertEqual(session.inFlight, 1)
+
+    def test_imageObserver(self) -> None:
+        """
+        Image observers are called with each image as it is verified.
+        """
+        session = Session()
+        seen: list[Image] = []
+        session.addImageObserver(seen.append)
+        image = _image("a.img")
+        session.arriving("", "a.img")
+        session.addVerified(image)
+        self.assertEqual(seen, [image])
+
+    def test_failKind(self) -> None:
+        """
+        A failure records its kind, C{"other"} unless told; a second failure
+        changes nothing.
+        """
+        session = Session()
+        session.fail("bad bytes", "checksum")
+        session.fail("later", "protocol")
+        self.assertEqual((session.failure, session.failureKind), ("bad bytes", "checksum"))
+        plain = Session()
+        plain.fail("gone")
+        self.assertEqual(plain.failureKind, "other")
+
+    def test_claimObserver(self) -> None:
+        """
+        Claim observers are called with each session a proxy claims, named
+        and receiving, including sessions that replace an earlier one.
+        """
+        slot = SessionSlot()
+        claimed: list[tuple[Optional[str], SessionState]] = []
+        slot.addClaimObserver(lambda s: claimed.append((s.name, s.state)))
+        first = slot.claim("one")
+        first.complete()
+        slot.claim("two")
+        self.assertEqual(claimed, [("one", SessionState.RECEIVING), ("two", SessionState.RECEIVING)])
+
+    def test_refusedClaimNotObserved(self) -> None:
+        """
+        A claim the slot refuses is not told.
+        """
+        slot = SessionSlot()
+        claimed: list[Session] = []
+        slot.addClaimObserver(claimed.append)
+        slot.claim("one")
+        self.assertRaises(SessionError, slot.claim, "two")
+        self.assertEqual(len(claimed), 1)

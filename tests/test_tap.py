@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from imgrelay import _exit
 from imgrelay._cache import CacheService
 from imgrelay._names import checkSessionDirName
+from imgrelay._observe import Observability
 from imgrelay._proxy import ProxyService, defaultSessionName
 from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
 
@@ -267,3 +268,69 @@ class SessionsRootOptionsTests(SynchronousTestCase):
         assert inner.registry is not None
         self.assertEqual(inner.registry.maxSessions, 3)
         self.assertEqual(inner.sessions, [])
+
+
+class ObservabilityOptionsTests(SynchronousTestCase):
+    """
+    C{--progress-interval}, C{--stats-file}, C{--status-fd} and C{--http}.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+
+    def test_defaults(self) -> None:
+        """
+        By default: progress lines every 5 seconds on the cache, nothing
+        else; the proxy has no progress lines.
+        """
+        cache = CacheOptions()
+        cache.parseOptions(["-D", self.dir, "--listen", "tcp:0"])
+        self.assertEqual(cache.observability(), Observability(5.0, None, None, None))
+        proxy = ProxyOptions()
+        proxy.parseOptions(["-D", self.dir, "--connect", "tcp:host=a:port=1"])
+        self.assertEqual(proxy.observability(), Observability(0.0, None, None, None))
+        self.assertRaises(UsageError, ProxyOptions().parseOptions,
+                          ["-D", self.dir, "--connect", "tcp:host=a:port=1", "--progress-interval", "1"])
+
+    def test_values(self) -> None:
+        """
+        Each option is taken (the stats file made absolute) and reaches the
+        service.
+        """
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.dir)
+        options = CacheOptions()
+        options.parseOptions(["-D", self.dir, "--listen", "tcp:0", "--progress-interval", "0.5",
+                              "--stats-file", "stats.jsonl", "--status-fd", str(w),
+                              "--http", "tcp:0:interface=127.0.0.1"])
+        expected = Observability(0.5, os.path.join(os.path.realpath(self.dir), "stats.jsonl"), w, "tcp:0:interface=127.0.0.1")
+        self.assertEqual(options.observability(), expected)
+        service = makeCacheService(options, MemoryReactorClock())
+        (inner,) = list(service)  # type: ignore[call-overload]
+        self.assertEqual(inner.observer.options, expected)
+        proxy = ProxyOptions()
+        proxy.parseOptions(["-D", self.dir, "--connect", "tcp:host=a:port=1", "--status-fd", str(w)])
+        (innerProxy,) = list(makeProxyService(proxy, MemoryReactorClock()))  # type: ignore[call-overload]
+        self.assertEqual(innerProxy.observer.options.statusFd, w)
+
+    def test_badValues(self) -> None:
+        """
+        A negative interval, a descriptor that is not open, a stats file in
+        a missing directory and a malformed HTTP endpoint are refused.
+        """
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        base = ["-D", self.dir, "--listen", "tcp:0"]
+        for bad, text in (
+            (["--progress-interval", "-1"], "is not a number of seconds"),
+            (["--status-fd", str(w)], "is not open"),
+            (["--status-fd", "-3"], "is not a file descriptor"),
+            (["--stats-file", os.path.join(self.dir, "nope", "s.jsonl")], "--stats-file"),
+            (["--http", "bogus:1"], "--http"),
+        ):
+            error = self.assertRaises(UsageError, CacheOptions().parseOptions, base + bad)
+            self.assertIn(text, str(error))

@@ -60,11 +60,13 @@ class Daemon:
     One C{twistd -n imgrelay-...} process, its output in a log file.
     """
 
-    def __init__(self, plugin: str, args: list[str], logPath: str) -> None:
+    def __init__(self, plugin: str, args: list[str], logPath: str, passFds: tuple[int, ...] = ()) -> None:
         """
         @param plugin: C{"imgrelay-proxy"} or C{"imgrelay-cache"}.
         @param args: The plugin's options.
         @param logPath: Where its output goes.
+        @param passFds: Descriptors it inherits, under the same numbers
+            (for C{--status-fd}).
         """
         self.logPath = logPath
         self._log: IO[bytes] = open(logPath, "wb")
@@ -73,6 +75,7 @@ class Daemon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            pass_fds=passFds,
         )
 
     def log(self) -> str:
