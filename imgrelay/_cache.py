@@ -17,6 +17,8 @@ from twisted.logger import Logger
 
 from imgrelay._cachelink import CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
+from imgrelay._fetchserve import FetchServeFactory
+from imgrelay._fetchwire import FETCH_SOCKET
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._proxy import LINKS, PROTOCOLS
@@ -46,7 +48,7 @@ class CacheService(MultiService):
         self, reactor: Any, listen: str, local: str, verbose: bool = False, protocol: str = "stream",
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT, tls: Optional[TLSFiles] = None,
         link: str = "imgrelay",
-        limits: Limits = Limits(),
+        limits: Limits = Limits(), fetch: Optional[str] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -62,6 +64,8 @@ class CacheService(MultiService):
         @param link: C{"imgrelay"}, or C{"criu"} to accept a CRIU
             image-proxy's format (nothing can be verified).
         @param limits: Images and bytes per session, local connections.
+        @param fetch: Server endpoint string for C{imgrelay fetch}'s
+            socket, or None for none.
         @raise ValueError: For an unknown protocol or unreadable TLS files.
         """
         if protocol not in PROTOCOLS:
@@ -88,6 +92,10 @@ class CacheService(MultiService):
             factory = StreamServeFactory(self.slot, reactor)
         factory.connectionLimit = limits.maxLocalConnections
         strports.service(local, factory, reactor=reactor).setServiceParent(self)
+        if fetch is not None:
+            fetcher = FetchServeFactory(self.slot, reactor)
+            fetcher.connectionLimit = limits.maxLocalConnections
+            strports.service(fetch, fetcher, reactor=reactor).setServiceParent(self)
 
     def linkAddress(self) -> Deferred[IAddress]:
         """
@@ -150,6 +158,7 @@ def cacheService(
     link: str = "imgrelay",
     socketMode: int = DEFAULT_MODE,
     limits: Limits = Limits(),
+    fetch: Optional[str] = None,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -173,6 +182,9 @@ def cacheService(
     @param socketMode: The permission bits of the socket in C{imagesDir}.
     @param limits: Images and bytes per session, local connections at once
         (L{imgrelay.Limits}).
+    @param fetch: A server endpoint string for C{imgrelay fetch}'s socket;
+        by default C{imagesDir/imgrelay-fetch.sock} when C{local} is not
+        given, else none.
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir}.
     """
@@ -184,6 +196,8 @@ def cacheService(
     if local is None:
         checkDirectory(imagesDir)
         local = localEndpoint(imagesDir, socket, socketMode)
+        if fetch is None:
+            fetch = localEndpoint(imagesDir, FETCH_SOCKET, socketMode)
     return CacheService(
-        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits
+        reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits, fetch
     )
