@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from imgrelay import _fetchwire
-from imgrelay._cache import CacheService, SERVE_SOCKET
+from imgrelay._cache import SERVE_SOCKET, CacheService, cacheService
 from imgrelay._cliprogress import Progress
 from imgrelay._fetchclient import Fetched, connect, receive
 from imgrelay._fetchserve import PIECE, FetchServeFactory, FetchServeProtocol, ImageFeed, sessionStream
@@ -319,3 +320,35 @@ class FetchIntegrationTests(TestCase):
         for name, content in images.items():
             with open(os.path.join(outDir, name), "rb") as f:
                 self.assertEqual(f.read(), content, name)
+
+
+class CacheWiringTests(TestCase):
+    """
+    L{imgrelay.cacheService} serves the fetch socket beside CRIU's.
+    """
+
+    def test_socketInImagesDir(self) -> None:
+        """
+        The fetch socket is made in the images directory with the
+        configured mode and a lock file, and it answers.
+        """
+        d = tempfile.mkdtemp()
+        cache = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor, socketMode=0o660)
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        path = os.path.join(d, _fetchwire.FETCH_SOCKET)
+        self.assertTrue(stat.S_ISSOCK(os.lstat(path).st_mode))
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o660)
+        self.assertTrue(os.path.lexists(path + ".lock"))
+        connect(d).close()
+
+    def test_notWithLocal(self) -> None:
+        """
+        With CRIU's socket elsewhere (C{local}), no fetch socket is made
+        unless one is asked for.
+        """
+        d = tempfile.mkdtemp()
+        cache = cacheService(d, "tcp:0:interface=127.0.0.1", local=localEndpoint(d, "criu.sock"), reactor=reactor)
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        self.assertEqual(sorted(os.listdir(d)), ["criu.sock", "criu.sock.lock"])
