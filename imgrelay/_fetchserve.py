@@ -33,8 +33,6 @@ from imgrelay._store import Session, SessionSlot, SessionState
 #: The most bytes of an image handed to the sender in one piece.
 PIECE = 1 << 20
 
-Buffer = "bytes | memoryview"
-
 
 def sessionStream(session: Session) -> Iterator[bytes | memoryview]:
     """
