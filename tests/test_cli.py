@@ -1,13 +1,15 @@
 """
 Tests for L{imgrelay._cli}: the command's arguments and exit statuses, and
 the command itself run as a subprocess (C{python -m imgrelay._cli}) against
-a cache in this process, on 127.0.0.1 and a UNIX socket.
+a cache in this process and against C{twistd imgrelay-cache}, on 127.0.0.1
+and a UNIX socket.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -23,6 +25,7 @@ from imgrelay._fetchwire import FETCH_SOCKET
 from imgrelay._localsock import localEndpoint
 from imgrelay._store import Session, SessionState
 from imgrelay.testing import criu
+from imgrelay.testing.daemons import Daemon, freePort
 
 
 class MainTests(SynchronousTestCase):
@@ -124,3 +127,43 @@ class SubprocessTests(TestCase):
         # the session go.
         session = await released
         self.assertEqual((session.name, session.state), ("cli", SessionState.COMPLETE))
+
+
+class DaemonTests(SynchronousTestCase):
+    """
+    The command against C{twistd imgrelay-cache}, both as subprocesses.
+    """
+
+    def test_oneshotCache(self) -> None:
+        """
+        A directory sent to C{twistd imgrelay-cache --oneshot} and fetched
+        from the fetch socket in its images directory comes back byte for
+        byte, and the fetch, as the session's reader, ends the cache with
+        status 0.
+        """
+        base = tempfile.mkdtemp(prefix="imgrelay-cli-e2e-")
+        restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
+        os.mkdir(restore, 0o700)
+        os.mkdir(source)
+        images = {"inventory.img": os.urandom(86), "pages-1.img": criu.patternBytes("p", 3 << 20), "empty.img": b""}
+        for name, content in images.items():
+            with open(os.path.join(source, name), "wb") as f:
+                f.write(content)
+        port = freePort()
+        cache = Daemon("imgrelay-cache", ["--listen", f"tcp:{port}:interface=127.0.0.1", "--images-dir", restore,
+                                          "--oneshot"], os.path.join(base, "cache.log"))
+        self.addCleanup(cache.stop)
+        cache.waitFor(path=os.path.join(restore, FETCH_SOCKET))
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "imgrelay._cli", *args], capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL)
+
+        sent = cli("send", source, "--to", f"tcp:host=127.0.0.1:port={port}")
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        fetched = cli("fetch", "--from", restore, out)
+        self.assertEqual(fetched.returncode, 0, fetched.stderr)
+        for name, content in images.items():
+            with open(os.path.join(out, name), "rb") as f:
+                self.assertEqual(f.read(), content, name)
+        self.assertEqual(cache.wait(), 0, cache.log())
