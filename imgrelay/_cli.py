@@ -114,10 +114,16 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     status: list[int] = []
 
     async def run(reactor: Any) -> None:
+        # The reactor stops before the session is over only on a signal;
+        # closing the link then fails the session.
+        stopping: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
         try:
             endpoint = _clisend.linkEndpoint(reactor, args.to, tls, args.tls_hostname)
             outcome = await _clisend.send(reactor, args.directory, endpoint, name, args.snapshot, Progress(stderr, "send"))
         except _clisend.SendError as e:
+            if stopping:
+                return
             status.append(_fail(stderr, "send", str(e)))
             return
         stdout.write(
@@ -131,7 +137,11 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     except SystemExit as e:
         if e.code not in (0, None):
             return e.code if isinstance(e.code, int) else FAILED
-    return status[0] if status else FAILED
+    if not status:
+        # The reactor stopped first: a signal.
+        stderr.write("imgrelay send: interrupted before the cache confirmed the session\n")
+        return INTERRUPTED
+    return status[0]
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:

@@ -16,7 +16,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imgrelay import _cli
@@ -127,6 +129,44 @@ class SubprocessTests(TestCase):
         # the session go.
         session = await released
         self.assertEqual((session.name, session.state), ("cli", SessionState.COMPLETE))
+
+
+    async def test_sendInterrupted(self) -> None:
+        """
+        C{imgrelay send} interrupted (SIGINT) while the cache has not
+        answered exits 130 with one line saying the session was not
+        confirmed.
+        """
+        connected: Deferred[None] = Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                connected.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        source = tempfile.mkdtemp(prefix="imgrelay-cli-")
+        ended: Deferred[tuple[bytes, Failure]] = Deferred()
+
+        class Watch(ProcessProtocol):
+            err = b""
+
+            def errReceived(self, data: bytes) -> None:
+                self.err += data
+
+            def processEnded(self, reason: Failure) -> None:
+                ended.callback((self.err, reason))
+
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            Watch(), sys.executable,
+            [sys.executable, "-m", "imgrelay._cli", "send", source, "--to", f"tcp:host=127.0.0.1:port={port.getHost().port}"],
+            env=dict(os.environ),
+        )
+        await connected
+        process.signalProcess("INT")
+        err, reason = await ended
+        self.assertEqual(reason.value.exitCode, 130)
+        self.assertEqual(err.decode(), "imgrelay send: interrupted before the cache confirmed the session\n")
 
 
 class DaemonTests(SynchronousTestCase):

@@ -6,6 +6,8 @@ terminal, and byte counts for people.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -85,3 +87,21 @@ class ProgressTests(SynchronousTestCase):
         self.assertIn("fetch: hello", text)
         self.assertIn("100%", text)
         self.assertIn("2.00k/2.00k", text)
+
+
+class LazyImportTests(SynchronousTestCase):
+    """
+    tqdm is loaded only when a bar is drawn.
+    """
+
+    def test_daemonsDoNotLoadTqdm(self) -> None:
+        """
+        Importing the package, the twistd plugins' module and the command
+        itself loads no tqdm: a daemon does not pay for it.
+        """
+        code = (
+            "import sys, imgrelay, imgrelay.tap, imgrelay._cli, imgrelay._cliprogress, imgrelay._fetchclient, "
+            "imgrelay._clisend, imgrelay._clistatus; print('tqdm' in sys.modules)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        self.assertEqual((result.returncode, result.stdout), (0, "False\n"), result.stderr)
