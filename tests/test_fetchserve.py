@@ -35,7 +35,6 @@ from imgrelay._proxy import CAPTURE_SOCKET, ProxyService
 from imgrelay._senders import SocketSender
 from imgrelay._store import Image, Session, SessionSlot
 from imgrelay.testing import criu
-from tests.test_stream import traceWithBigImage
 
 
 def addImage(session: Session, snapshotId: str, name: str, content: bytes) -> None:
@@ -298,7 +297,12 @@ class FetchIntegrationTests(TestCase):
         )
         proxy.startService()
         self.addCleanup(proxy.stopService)
-        images, events = traceWithBigImage(9 << 20)
+        images = criu.traceImages()
+        images["pages-big.img"] = criu.patternBytes("pages-big.img", 9 << 20)
+        events = criu.loadTrace("dump-stream.json")["events"]
+        # The big image opens early and closes late, as CRIU's pages do.
+        events = events[:3] + [{"op": "open", "name": "pages-big.img"}] + events[3:-1] + [
+            {"op": "close", "name": "pages-big.img"}, events[-1]]
         sock = connect(restoreDir)
         self.addCleanup(sock.close)
         progress = Progress(io.StringIO(), "fetch", bar=False)
