@@ -105,6 +105,8 @@ class FetchServeTests(SynchronousTestCase):
         session.complete()
         protocol = f.connect()
         self.assertTrue(f.transport.disconnecting)
+        # Closing is not held back by a producer the transport could resume.
+        self.assertIsNone(f.transport.producer)
         messages = parse(f.transport.value())
         self.assertEqual([k for k, _ in messages], ["begin", "image", "image", "image", "end"])
         begin = messages[0][1]
