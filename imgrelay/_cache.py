@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
 from imgrelay._criulink import CriuLinkReceiverFactory
 from imgrelay._feeds import observeCache
+from imgrelay._fetchserve import FetchServeFactory
+from imgrelay._fetchwire import FETCH_SOCKET
 from imgrelay._limits import Limits
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._observe import Observability
@@ -39,8 +41,8 @@ REMOTE_CACHE_SOCKET = "img-cache.sock"
 
 def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limits: Limits) -> SocketTable:
     """
-    The local sockets a restore finds in its images directory (the first is
-    CRIU's), each with what serves it from a slot.
+    The local sockets a restore finds in its images directory, each with
+    what serves it from a slot: CRIU's first, then C{imgrelay fetch}'s.
 
     @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
     @param reactor: The reactor.
@@ -53,12 +55,15 @@ def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limi
         factory.connectionLimit = limits.maxLocalConnections
         return factory
 
+    fetch = (FETCH_SOCKET, lambda slot: limited(FetchServeFactory(slot, reactor)))
     if protocol == "remote":
         return [
             (REMOTE_CACHE_SOCKET, lambda slot: limited(RemoteFactory(CacheRemoteBackend(slot), reactor, idleTimeout))),
+            fetch,
         ]
     return [
         (SERVE_SOCKET, lambda slot: limited(StreamServeFactory(slot, reactor))),
+        fetch,
     ]
 
 
@@ -313,6 +318,7 @@ def cacheService(
         reactor = _reactor
     if (imagesDir is None) == (sessionsRoot is None):
         raise ValueError("give either an images directory or a sessions root")
+    socketsDir = None
     if sessionsRoot is not None:
         checkDirectory(sessionsRoot)
     elif local is None:
@@ -320,8 +326,10 @@ def cacheService(
         checkDirectory(imagesDir)
         socket = REMOTE_CACHE_SOCKET if protocol == "remote" else SERVE_SOCKET
         local = localEndpoint(imagesDir, socket, socketMode)
+        # The fetch socket goes beside CRIU's; with C{local}, there is none.
+        socketsDir = imagesDir
     return CacheService(
         reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits,
-        resumeTimeout=resumeTimeout, sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions, socketMode=socketMode,
-        imagesDir=imagesDir, clock=clock, observability=observability,
+        resumeTimeout=resumeTimeout, sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions,
+        socketMode=socketMode, imagesDir=socketsDir, clock=clock, observability=observability,
     )

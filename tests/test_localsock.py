@@ -11,6 +11,7 @@ import stat
 import tempfile
 
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -114,7 +115,11 @@ class StaleSocketTests(TestCase):
         first.startService()
         self.addCleanup(first.stopService)
         second = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor)
-        self.addCleanup(second.stopService)  # its link port opened first
+        # Its link port opened first; the listeners after the one that
+        # failed never started, and cannot be stopped.
+        self.addCleanup(
+            lambda: gatherResults([s.stopService() for s in second if getattr(s, "_waitingForPort", None) is not None])
+        )
         self.assertRaises(CannotListenError, second.privilegedStartService)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(os.path.join(d, "streamer-serve.sock"))

@@ -15,7 +15,7 @@ from google.protobuf.internal import api_implementation
 from twisted.trial.unittest import SynchronousTestCase
 
 import imgrelay
-from imgrelay._pb import criu_pb2, link_pb2
+from imgrelay._pb import criu_pb2, fetch_pb2, link_pb2
 
 _ROOT = Path(imgrelay.__file__).resolve().parent.parent
 _PB = _ROOT / "imgrelay" / "_pb"
@@ -54,7 +54,7 @@ class StalenessTests(SynchronousTestCase):
         )
         generated = sorted(p.name for p in out.iterdir())
         checkedIn = sorted(p.name for p in _PB.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi")))
-        self.assertEqual(generated, ["criu_pb2.py", "criu_pb2.pyi", "link_pb2.py", "link_pb2.pyi"])
+        self.assertEqual(generated, ["criu_pb2.py", "criu_pb2.pyi", "fetch_pb2.py", "fetch_pb2.pyi", "link_pb2.py", "link_pb2.pyi"])
         self.assertEqual(generated, checkedIn)
         for name in generated:
             self.assertTrue(
@@ -78,5 +78,5 @@ class BackendTests(SynchronousTestCase):
         """
         imgrelay's generated message classes are built by the upb extension.
         """
-        for cls in [criu_pb2.StreamRequest, link_pb2.ProxyMessage, link_pb2.CacheMessage]:
+        for cls in [criu_pb2.StreamRequest, link_pb2.ProxyMessage, link_pb2.CacheMessage, fetch_pb2.FetchMessage]:
             self.assertTrue(type(cls).__module__.startswith("google._upb"), type(cls).__module__)
