@@ -341,7 +341,7 @@ class CacheStream:
         """
         @param state: The session's state (it has taken the hello).
         @param token: What a resuming link must present.
-        @param window: The proxy's window: progress is reported eight times
+        @param window: The proxy's window: progress is reported sixteen times
             per window.
         """
         self.state = state
@@ -349,7 +349,7 @@ class CacheStream:
         self.token = token
         self.taken = 0
         self._reported = 0
-        self._step = max(window // 8, 1 << 20) if window else DEFAULT_PROGRESS_STEP
+        self._step = max(window // 16, 1 << 20) if window else DEFAULT_PROGRESS_STEP
         self.link: Optional[CacheLinkProtocol] = None
         self.expiry: Optional[IDelayedCall] = None
 
