@@ -21,6 +21,7 @@ from imgrelay._feeds import observeCache
 from imgrelay._fetchserve import FetchServeFactory
 from imgrelay._fetchwire import FETCH_SOCKET
 from imgrelay._limits import Limits
+from imgrelay._memory import MemoryBound
 from imgrelay._localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay._observe import Observability
 from imgrelay._proxy import LINKS, PROTOCOLS
@@ -96,6 +97,7 @@ class CacheService(MultiService):
         imagesDir: Optional[str] = None,
         clock: Optional[IReactorTime] = None,
         observability: Observability = Observability(),
+        maxMemory: Optional[int] = None,
     ) -> None:
         """
         @param reactor: The reactor.
@@ -126,6 +128,8 @@ class CacheService(MultiService):
         @param clock: Where the retention time is counted; the reactor by
             default.
         @param observability: Progress lines, stats file, status fd, HTTP.
+        @param maxMemory: The most image bytes held at once, or None: at
+            the bound, links are not read until memory is freed.
         @raise ValueError: For an unknown protocol or unreadable TLS files,
             or a sessions root with C{local} or the C{"criu"} link.
         """
@@ -140,6 +144,7 @@ class CacheService(MultiService):
         if sessionsRoot is None and local is None:
             raise ValueError("give a local endpoint or a sessions root")
         MultiService.__init__(self)
+        self.bound = MemoryBound(maxMemory)
         self._observers: list[Callable[[Session], None]] = []
         sockets = localSockets(protocol, reactor, idleTimeout, limits)
         self.slot: Optional[SessionSlot] = None
@@ -160,7 +165,9 @@ class CacheService(MultiService):
             self._linkFactory = CriuLinkReceiverFactory(claims, verbose)
         else:
             # The link only calls claim(name) (ISessionClaims) on what it is given.
-            self._linkFactory = CacheLinkFactory(claims, reactor.seconds, reactor, verbose, limits, resumeTimeout)
+            self._linkFactory = CacheLinkFactory(
+                claims, reactor.seconds, reactor, verbose, limits, resumeTimeout, self.bound
+            )
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
         else:
@@ -240,6 +247,7 @@ class CacheService(MultiService):
         self._observers.append(observer)
 
     def _consumed(self, session: Session) -> None:
+        self.bound.free(session)
         self.log.info(
             "session {session} released ({state})", session=session.name, state=session.state.value
         )
@@ -265,6 +273,7 @@ def cacheService(
     maxSessions: int = DEFAULT_MAX_SESSIONS,
     clock: Optional[IReactorTime] = None,
     observability: Observability = Observability(),
+    maxMemory: Optional[int] = None,
 ) -> CacheService:
     """
     Make an imgrelay cache to add to an application.
@@ -305,6 +314,11 @@ def cacheService(
     @param clock: Where C{retain} is counted; C{reactor} by default.
     @param observability: Progress lines, a stats file, a status fd and an
         HTTP status endpoint (L{imgrelay.Observability}).
+    @param maxMemory: The most bytes of images the cache holds at once
+        (None: no bound). At the bound it stops reading the links that
+        bring more, so proxies and CRIU wait, and goes on as sessions are
+        released; if no session is complete to free memory, the newest
+        session in progress fails.
     @return: The service.
     @raise UnsafeDirectory: If others could write to C{imagesDir} or
         C{sessionsRoot}.
@@ -332,4 +346,5 @@ def cacheService(
         reactor, listen, local, verbose, protocol, idleTimeout, tls, link, limits,
         resumeTimeout=resumeTimeout, sessionsRoot=sessionsRoot, retain=retain, maxSessions=maxSessions,
         socketMode=socketMode, imagesDir=socketsDir, clock=clock, observability=observability,
+        maxMemory=maxMemory,
     )

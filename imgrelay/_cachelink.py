@@ -25,6 +25,7 @@ from imgrelay._integrity import RunningChecksum, manifestDigest
 from imgrelay._keepalive import watchPeer
 from imgrelay._limits import Limits
 from imgrelay._logging import logsImage, rate
+from imgrelay._memory import IBoundReader, MemoryBound
 from imgrelay._linkwire import VERSION, CacheMessage, frame, helloFramer, proxyMessageFramer
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb import link_pb2
@@ -64,14 +65,17 @@ class CacheLinkState:
 
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, verbose: bool = False,
-        limits: Limits = Limits(),
+        limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
         @param clock: The time, for rates.
         @param verbose: Log every image, not only large ones.
         @param limits: Images and bytes a session may bring.
+        @param bound: The cache's memory bound, charged with every image
+            byte received.
         """
+        self.bound = bound
         self.verbose = verbose
         self.limits = limits
         self._received = 0
@@ -104,7 +108,7 @@ class CacheLinkState:
             assert target is not None and self.session is not None
             target.data.append(event.data)
             target.checksum.update(event.data)
-            self.session.countReceived(len(event.data))
+            self._arrived(len(event.data))
             return []
         if not isinstance(event, HeaderReceived):
             return []
@@ -151,7 +155,14 @@ class CacheLinkState:
         self._pendingView = None
         target.checksum.update(view[:n])
         target.data.commit(n)
-        self.session.countReceived(n)
+        self._arrived(n)
+
+    def _arrived(self, n: int) -> None:
+        session = self.session
+        assert session is not None
+        session.countReceived(n)
+        if self.bound is not None:
+            self.bound.charge(session, n)
 
     def openProgress(self) -> list[link_pb2.ImageProgress]:
         """
@@ -159,6 +170,13 @@ class CacheLinkState:
             here, for a resuming proxy's log.
         """
         return [link_pb2.ImageProgress(image=i, bytes=incoming.checksum.size) for i, incoming in self._open.items()]
+
+    def _sessionEnded(self, session: Session) -> None:
+        if session.state is SessionState.FAILED:
+            # Its half-received images will never be served: free them.
+            self._open.clear()
+            self._chunkTarget = None
+            self._pendingView = None
 
     def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
         if hello.version != VERSION:
@@ -171,6 +189,7 @@ class CacheLinkState:
         checkId("session name", hello.session)
         session = self._slot.claim(hello.session)
         assert isinstance(session, Session)
+        session.addFinalObserver(self._sessionEnded)
         self.session = session
         self.log.info("session {session}: proxy connected", session=hello.session)
         return CacheMessage(accept=link_pb2.Accept())
@@ -375,7 +394,7 @@ class CacheStream:
 DEFAULT_PROGRESS_STEP = 8 << 20
 
 
-@implementer(IPayloadReceiver)
+@implementer(IPayloadReceiver, IBoundReader)
 class CacheLinkProtocol(Protocol):
     """
     One link from a proxy: its hello starts a session or resumes one (see
@@ -386,7 +405,7 @@ class CacheLinkProtocol(Protocol):
 
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
-        verbose: bool = False, limits: Limits = Limits(),
+        verbose: bool = False, limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -395,7 +414,10 @@ class CacheLinkProtocol(Protocol):
             reactor by default.
         @param verbose: Log every image, not only large ones.
         @param limits: Images and bytes a session may bring.
+        @param bound: The cache's memory bound, which may hold this link.
         """
+        self._bound = bound
+        self._paused = False
         self._hello = helloFramer()
         self._slot = slot
         self._clock = clock
@@ -406,7 +428,7 @@ class CacheLinkProtocol(Protocol):
         self._reactor = reactor
         self._receiver: Optional[SocketReceiver] = None
         #: The state of a link whose hello was refused (for L{failed}).
-        self._refusal = CacheLinkState(slot, clock, verbose, limits)
+        self._refusal = CacheLinkState(slot, clock, verbose, limits, bound)
 
     @property
     def state(self) -> CacheLinkState:
@@ -433,6 +455,49 @@ class CacheLinkProtocol(Protocol):
         self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
         if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+        if self._bound is not None:
+            self._bound.addReader(self)
+
+    # IBoundReader
+
+    def pauseReading(self) -> None:
+        """
+        See L{IBoundReader.pauseReading}.
+        """
+        if self._paused:
+            return
+        self._paused = True
+        if self._receiver is not None:
+            self._receiver.stopReading()
+        else:
+            self._transport().pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeReading(self) -> None:
+        """
+        See L{IBoundReader.resumeReading}.
+        """
+        if not self._paused:
+            return
+        self._paused = False
+        if self._receiver is not None:
+            if self._receiver.connected:
+                self._receiver.startReading()
+        else:
+            self._transport().resumeProducing()  # type: ignore[attr-defined]
+
+    def dropSession(self, reason: str) -> None:
+        """
+        See L{IBoundReader.dropSession}.
+        """
+        if not self._closing:
+            self._fail(reason)
+
+    def carries(self) -> Optional[Session]:
+        """
+        See L{IBoundReader.carries}.
+        """
+        stream = self.stream
+        return stream.state.session if stream is not None and stream.link is self else None
 
     @property
     def _attached(self) -> bool:
@@ -505,7 +570,7 @@ class CacheLinkProtocol(Protocol):
                 raise ProtocolError("this cache cannot resume sessions")
             stream, replies = factory.resume(hello, self)
         else:
-            state = CacheLinkState(self._slot, self._clock, self._verbose, self._limits)
+            state = CacheLinkState(self._slot, self._clock, self._verbose, self._limits, self._bound)
             replies = state.received(event)
             stream = CacheStream(state, hello.resume_token, hello.window)
             if factory is None:
@@ -524,6 +589,9 @@ class CacheLinkProtocol(Protocol):
         for event in stream.framer.feed(data):
             for reply in stream.state.received(event):
                 self._transport().write(frame(reply))
+            if self._closing:
+                # The memory bound dropped the session.
+                return
             if stream.state.refused:
                 # An image was refused: the session is over.
                 self._closing = True
@@ -558,6 +626,8 @@ class CacheLinkProtocol(Protocol):
         """
         if self._receiver is not None:
             self._receiver.close()
+        if self._bound is not None:
+            self._bound.removeReader(self)
         if isinstance(self.factory, CacheLinkFactory):
             self.factory.linkClosed(self, reason)
         elif self.stream is not None and self.stream.link is self:
@@ -576,6 +646,7 @@ class CacheLinkFactory(Factory):
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
+        bound: Optional[MemoryBound] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -586,7 +657,9 @@ class CacheLinkFactory(Factory):
         @param limits: Images and bytes a session may bring.
         @param resumeTimeout: Seconds a session whose link broke waits for
             its proxy to resume it before it fails.
+        @param bound: The cache's memory bound; none by default.
         """
+        self.bound = bound if bound is not None else MemoryBound()
         self.limits = limits
         self.slot = slot
         self.clock = clock
@@ -730,7 +803,7 @@ class CacheLinkFactory(Factory):
         """
         @return: A protocol for one link.
         """
-        p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose, self.limits)
+        p = CacheLinkProtocol(self.slot, self.clock, self.reactor, self.verbose, self.limits, self.bound)
         p.factory = self
         self.links.add(p)
         return p

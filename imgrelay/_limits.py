@@ -28,6 +28,31 @@ class Limits:
     maxLocalConnections: int = 256
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parseSize(value: str) -> int:
+    """
+    @param value: A number of bytes, with an optional suffix K, M, G or T
+        (powers of 1024, an optional trailing C{B} or C{iB} allowed).
+    @return: The bytes, at least 1.
+    @raise ValueError: For anything else.
+    """
+    text = value.strip().upper()
+    for tail in ("IB", "B"):
+        if text.endswith(tail) and len(text) > len(tail):
+            text = text[: -len(tail)]
+            break
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"{value!r} is not a size such as 20G or 512M")
+    size = int(number) * _UNITS[unit]
+    if size < 1:
+        raise ValueError(f"{value!r} is not a positive size")
+    return size
+
+
 class CountedFactory:
     """
     A mixin for the local sockets' factories: beyond C{limit} connections

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from imgrelay._cache import cacheService
 from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT
 from imgrelay._exit import stopWithStatus
-from imgrelay._limits import Limits
+from imgrelay._limits import Limits, parseSize
 from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
 from imgrelay._observe import Observability
@@ -216,6 +216,8 @@ class CacheOptions(_Options):
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
         ["max-images", None, Limits().maxImages, "Images one session may hold.", _positive],
         ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", _positive],
+        ["max-memory", None, None, "The most bytes of images held at once (suffixes K, M, G, T: powers of 1024); "
+         "at the bound no link is read until memory is freed. Default: no bound.", parseSize],
         ["resume-timeout", None, DEFAULT_RESUME_TIMEOUT, "Seconds a session whose link broke waits for its proxy to "
          "resume it; then it fails and restores are told its images do not exist.", _seconds],
         ["max-sessions", None, DEFAULT_MAX_SESSIONS, "With --sessions-root: sessions received at once.", _positive],
@@ -333,7 +335,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
         Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
         resumeTimeout=options["resume-timeout"], sessionsRoot=options["sessions-root"], retain=options["retain"],
-        maxSessions=options["max-sessions"], observability=options.observability(),
+        maxSessions=options["max-sessions"], observability=options.observability(), maxMemory=options["max-memory"],
     )
     if options["oneshot"]:
 
