@@ -334,3 +334,56 @@ class ObservabilityOptionsTests(SynchronousTestCase):
         ):
             error = self.assertRaises(UsageError, CacheOptions().parseOptions, base + bad)
             self.assertIn(text, str(error))
+
+
+class ResumeAndMemoryOptionsTests(SynchronousTestCase):
+    """
+    The options of link resume and of the cache's memory bound reach the
+    services.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, self.dir)
+
+    def test_defaults(self) -> None:
+        """
+        By default: a 64 MiB window, 60 s to reconnect, 120 s to resume, no
+        memory bound.
+        """
+        proxy = ProxyOptions()
+        proxy.parseOptions(["-D", self.dir, "--connect", "tcp:host=127.0.0.1:port=1"])
+        cache = CacheOptions()
+        cache.parseOptions(["-D", self.dir, "--listen", "tcp:0"])
+        self.assertEqual((proxy["window"], proxy["reconnect-timeout"]), (64 << 20, 60.0))
+        self.assertEqual((cache["resume-timeout"], cache["max-memory"]), (120.0, None))
+
+    def test_reachServices(self) -> None:
+        """
+        Given values are those the services use.
+        """
+        proxy = ProxyOptions()
+        proxy.parseOptions(
+            ["-D", self.dir, "--connect", "tcp:host=127.0.0.1:port=1", "--window", str(8 << 20),
+             "--reconnect-timeout", "5"]
+        )
+        (inner,) = list(makeProxyService(proxy, MemoryReactorClock()))  # type: ignore[call-overload]
+        self.assertEqual((inner.window, inner.reconnectTimeout), (8 << 20, 5.0))
+        cache = CacheOptions()
+        cache.parseOptions(["-D", self.dir, "--listen", "tcp:0", "--resume-timeout", "7", "--max-memory", "2G"])
+        (service,) = list(makeCacheService(cache, MemoryReactorClock()))  # type: ignore[call-overload]
+        self.assertEqual(service.bound.limit, 2 << 30)
+        self.assertEqual(service._linkFactory.resumeTimeout, 7.0)
+
+    def test_badValues(self) -> None:
+        """
+        A window under 4 MiB, a timeout that is not positive, and a size
+        that is not one are refused.
+        """
+        for args in (["--window", "1000"], ["--reconnect-timeout", "0"]):
+            self.assertRaises(
+                UsageError, ProxyOptions().parseOptions,
+                ["-D", self.dir, "--connect", "tcp:host=127.0.0.1:port=1", *args],
+            )
+        for args in (["--resume-timeout", "-1"], ["--max-memory", "lots"]):
+            self.assertRaises(UsageError, CacheOptions().parseOptions, ["-D", self.dir, "--listen", "tcp:0", *args])
