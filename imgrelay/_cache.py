@@ -54,6 +54,7 @@ def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limi
 
     def limited(factory: Any) -> Factory:
         factory.connectionLimit = limits.maxLocalConnections
+        factory.limits = limits
         return factory
 
     fetch = (FETCH_SOCKET, lambda slot: limited(FetchServeFactory(slot, reactor)))

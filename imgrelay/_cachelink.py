@@ -206,7 +206,7 @@ class CacheLinkState:
             raise ProtocolError(f"image id {message.image} used twice")
         if len(self._open) >= MAX_OPEN_IMAGES:
             raise ProtocolError(f"more than {MAX_OPEN_IMAGES} images open at once")
-        checkImageName(message.name)
+        checkImageName(message.name, self.limits.maxNameLength)
         checkId("snapshot id", message.snapshot_id)
         key = (message.snapshot_id, message.name)
         if any((i.snapshotId, i.name) == key for i in self._open.values()):
@@ -364,7 +364,7 @@ class CacheStream:
             per window.
         """
         self.state = state
-        self.framer = proxyMessageFramer()
+        self.framer = proxyMessageFramer(state.limits.maxHeaderSize)
         self.token = token
         self.taken = 0
         self._reported = 0
@@ -418,7 +418,7 @@ class CacheLinkProtocol(Protocol):
         """
         self._bound = bound
         self._paused = False
-        self._hello = helloFramer()
+        self._hello = helloFramer(limits.maxHeaderSize)
         self._slot = slot
         self._clock = clock
         self._verbose = verbose

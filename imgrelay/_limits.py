@@ -13,6 +13,9 @@ import attrs
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from imgrelay._framing import DEFAULT_MAX_HEADER
+from imgrelay._names import MAX_NAME
+
 
 @attrs.frozen
 class Limits:
@@ -21,11 +24,16 @@ class Limits:
     @ivar maxSessionBytes: Bytes in one session.
     @ivar maxLocalConnections: Local (CRIU) connections open at once on
         one socket.
+    @ivar maxHeaderSize: The longest message header accepted from a peer
+        (link or CRIU), in bytes.
+    @ivar maxNameLength: The longest image name accepted, in UTF-8 bytes.
     """
 
     maxImages: int = 100_000
     maxSessionBytes: int = 1 << 40
     maxLocalConnections: int = 256
+    maxHeaderSize: int = DEFAULT_MAX_HEADER
+    maxNameLength: int = MAX_NAME
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -53,16 +61,28 @@ def parseSize(value: str) -> int:
     return size
 
 
+def limitsOf(protocol: Protocol) -> Limits:
+    """
+    @return: The limits of C{protocol}'s factory, or the defaults.
+    """
+    factory = getattr(protocol, "factory", None)
+    return factory.limits if isinstance(factory, CountedFactory) else Limits()
+
+
 class CountedFactory:
     """
     A mixin for the local sockets' factories: beyond C{limit} connections
     at once, a new one is closed at once with a log line.
 
     Protocols call L{connectionClosed} from C{connectionLost}.
+
+    @ivar limits: The daemon's limits; protocols read the header size and
+        the name length from here.
     """
 
     log = Logger()
     connectionLimit: Optional[int] = None
+    limits: Limits = Limits()
     openConnections = 0
 
     def admit(self, addr: Any) -> bool:

@@ -105,6 +105,7 @@ class ProxyService(MultiService):
         if window < MIN_WINDOW:
             raise ValueError(f"window of {window} bytes is under {MIN_WINDOW}")
         self.window = window
+        self.limits = limits
         self.reconnectTimeout = reconnectTimeout
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -137,6 +138,7 @@ class ProxyService(MultiService):
         else:
             factory = StreamCaptureFactory(self.newSession, reactor)
         factory.connectionLimit = limits.maxLocalConnections
+        factory.limits = limits
         localService = strports.service(local, factory, reactor=reactor)
         localService.setServiceParent(self)
         self.observer = observeProxy(self, observability, reactor, {"local": localService})
@@ -180,7 +182,8 @@ class ProxyService(MultiService):
             raise SessionError(f"this proxy serves {self.maxSessions} session(s) and has started them")
         self._started += 1
         session = ProxySession(
-            self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose
+            self.sessionName, self._reactor.seconds, keepImages=self.protocol == "remote", verbose=self.verbose,
+            maxNameLength=self.limits.maxNameLength,
         )
         self.sessions.add(session)
         for observer in self._startObservers:

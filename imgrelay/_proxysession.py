@@ -25,7 +25,7 @@ from imgrelay._interfaces import IImageSink, IOutgoingImage
 from imgrelay._imagedata import ImageData
 from imgrelay._linkwire import APPEND, CREATE
 from imgrelay._logging import logsImage, rate
-from imgrelay._names import checkId, checkImageName
+from imgrelay._names import MAX_NAME, checkId, checkImageName
 from imgrelay._pipes import BufferRing
 from imgrelay._store import Image, Session
 
@@ -136,7 +136,7 @@ class ProxySession:
 
     def __init__(
         self, name: str, clock: Callable[[], float] = time.monotonic, keepImages: bool = False,
-        verbose: bool = False,
+        verbose: bool = False, maxNameLength: int = MAX_NAME,
     ) -> None:
         """
         @param name: The session's name, sent in hello.
@@ -144,7 +144,9 @@ class ProxySession:
         @param keepImages: Keep a copy of every image for L{localImage}
             (CRIU's C{--remote} dump reads some back).
         @param verbose: Log every image, not only large ones.
+        @param maxNameLength: The longest image name taken from CRIU.
         """
+        self.maxNameLength = maxNameLength
         self.name = checkId("session name", name)
         self.verbose = verbose
         self.snapshots: list[str] = []
@@ -172,7 +174,7 @@ class ProxySession:
         """
         if self._over or self._finishing or self._link is None:
             raise SessionError(f"session {self.name!r} takes no new image now")
-        checkImageName(name)
+        checkImageName(name, self.maxNameLength)
         checkId("snapshot id", snapshotId)
         key = (snapshotId, name)
         if any((i.snapshotId, i.name) == key for i in self._open.values()):

@@ -37,7 +37,7 @@ from imgrelay._framing import (
     PayloadDone,
 )
 from imgrelay._interfaces import IOutgoingImage
-from imgrelay._limits import CountedFactory
+from imgrelay._limits import CountedFactory, Limits, limitsOf
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord
 from imgrelay._pipes import PipeReader, PipeWriter
@@ -160,6 +160,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._backend = backend
         self._reactor = reactor
         self._idleTimeout = idleTimeout
+        self._limits = Limits()
         self._framer: Framer[Any] = Framer(_decodeHeader, PREFIX, DEFAULT_MAX_HEADER)
         self._records: Framer[SnapshotIdRecord] = Framer(_decodeRecord, PREFIX, DEFAULT_MAX_HEADER)
         self._fds: deque[int] = deque()
@@ -188,6 +189,8 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Hold the connection until the backend is ready; time out a client
         that sends no header.
         """
+        self._limits = limitsOf(self)
+        self._framer.maxHeaderSize = self._records.maxHeaderSize = self._limits.maxHeaderSize
         self.setTimeout(self._idleTimeout)
         self._headerPending = True
         self._backend.connectionOpened()
@@ -290,7 +293,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
                 self._what = "snapshot list push"
                 self._content("records")
         elif mode != O_RDONLY:
-            checkImageName(name)
+            checkImageName(name, self._limits.maxNameLength)
             self._what = f"write of {snapshotId}/{name}"
             self._writing = True
             if snapshotId:
@@ -304,7 +307,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
                 self._imageOpened, self._imageRefused
             )
         else:
-            checkImageName(name)
+            checkImageName(name, self._limits.maxNameLength)
             self._what = f"read of {snapshotId}/{name}"
             self._noMore()
             self._backend.readImage(snapshotId, name).addCallback(self._answerRead, snapshotId)

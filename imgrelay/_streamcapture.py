@@ -22,7 +22,7 @@ from imgrelay._criuwire import FD_BYTE, streamCaptureFramer
 from imgrelay._errors import SessionError
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay._interfaces import IImageSink, IOutgoingImage
-from imgrelay._limits import CountedFactory
+from imgrelay._limits import CountedFactory, limitsOf
 from imgrelay._names import BadName
 from imgrelay._pipes import PipeReader
 
@@ -53,6 +53,7 @@ class StreamCaptureProtocol(Protocol):
         """
         Start the session; hold CRIU's requests until the cache accepted it.
         """
+        self._framer.maxHeaderSize = limitsOf(self).maxHeaderSize
         self._producer().pauseProducing()
         try:
             sink = self.sink = self._newSession()

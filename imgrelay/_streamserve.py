@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from imgrelay._criuwire import FD_BYTE, streamReply, streamServeFramer
 from imgrelay._framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
-from imgrelay._limits import CountedFactory
+from imgrelay._limits import CountedFactory, Limits, limitsOf
 from imgrelay._names import BadName, checkImageName
 from imgrelay._pipes import PipeWriter
 from imgrelay._store import Image, Session, SessionSlot
@@ -42,6 +42,7 @@ class StreamServeProtocol(Protocol):
         self._slot = slot
         self._reactor = reactor
         self._framer = streamServeFramer()
+        self._limits = Limits()
         self._fds: deque[int] = deque()
         self._serving: Optional[Image] = None
         self._writers: set[PipeWriter] = set()
@@ -56,6 +57,8 @@ class StreamServeProtocol(Protocol):
         """
         Attach to the session this restore reads.
         """
+        self._limits = limitsOf(self)
+        self._framer.maxHeaderSize = self._limits.maxHeaderSize
         self.session = self._slot.attachRestore()
         self.log.info(
             "restore connected (session {session}, {state})",
@@ -104,7 +107,7 @@ class StreamServeProtocol(Protocol):
             self._parsing = False
 
     def _request(self, name: str) -> None:
-        checkImageName(name)
+        checkImageName(name, self._limits.maxNameLength)
         assert self.session is not None
         # Nothing more is read until this request is answered.
         self._producer().pauseProducing()

@@ -106,6 +106,9 @@ class _Options(usage.Options):
         ["link", None, "imgrelay", "Link format: imgrelay (verified), or criu (CRIU's image-proxy/image-cache format: "
          "no acknowledgements, no final handshake, no checksums).", _link],
         ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", _positive],
+        ["max-header-size", None, Limits().maxHeaderSize, "Longest message header taken from a peer (the link or "
+         "CRIU), in bytes.", _positive],
+        ["max-name-length", None, Limits().maxNameLength, "Longest image name taken, in UTF-8 bytes.", _positive],
         ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local sockets (in --images-dir, or in each "
          "session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
@@ -140,6 +143,18 @@ class _Options(usage.Options):
             if not os.path.isdir(os.path.dirname(os.path.abspath(statsFile))):
                 raise usage.UsageError(f"--stats-file: the directory of {statsFile!r} does not exist")
             self["stats-file"] = os.path.abspath(statsFile)
+
+    def limits(self) -> Limits:
+        """
+        @return: The limits given (the cache's per-session ones too).
+        """
+        return Limits(
+            maxImages=self.get("max-images", Limits().maxImages),
+            maxSessionBytes=self.get("max-session-bytes", Limits().maxSessionBytes),
+            maxLocalConnections=self["max-local-connections"],
+            maxHeaderSize=self["max-header-size"],
+            maxNameLength=self["max-name-length"],
+        )
 
     def observability(self) -> Observability:
         """
@@ -302,7 +317,7 @@ def makeProxyService(options: ProxyOptions, reactor: Any = None) -> IService:
         options["images-dir"], options["connect"], options["session"], options["local"], reactor,
         bool(options["verbose"]), options["protocol"], options["idle-timeout"],
         options["tls"], options["tls-hostname"], options["link"], options["socket-mode"],
-        Limits(maxLocalConnections=options["max-local-connections"]), options["window"],
+        options.limits(), options["window"],
         options["reconnect-timeout"], options.observability(),
     )
     log.info("imgrelay-proxy: session name {session}", session=service.sessionName)
@@ -333,7 +348,7 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
     service = cacheService(
         options["images-dir"], options["listen"], options["local"], reactor, bool(options["verbose"]),
         options["protocol"], options["idle-timeout"], options["tls"], options["link"], options["socket-mode"],
-        Limits(options["max-images"], options["max-session-bytes"], options["max-local-connections"]),
+        options.limits(),
         resumeTimeout=options["resume-timeout"], sessionsRoot=options["sessions-root"], retain=options["retain"],
         maxSessions=options["max-sessions"], observability=options.observability(), maxMemory=options["max-memory"],
     )

@@ -17,7 +17,13 @@ from imgrelay._cachelink import CacheLinkProtocol
 from imgrelay._limits import Limits
 from imgrelay._store import SessionSlot, SessionState
 from imgrelay._streamserve import StreamServeFactory
-from imgrelay.tap import CacheOptions
+from imgrelay._linkwire import CacheMessage
+from imgrelay._names import BadName
+from imgrelay._pb.criu_pb2 import StreamRequest
+from imgrelay._proxylink import ProxyLinkFactory
+from imgrelay._proxysession import ProxySession
+from imgrelay.tap import CacheOptions, ProxyOptions
+from imgrelay.testing import criu
 from tests.test_cachelink import chunk, hello, imageClose, imageOpen, wholeImage
 
 
@@ -63,6 +69,80 @@ class SessionLimitTests(SynchronousTestCase):
         self.assertIn("--max-session-bytes", session.failure or "")
 
 
+class HeaderAndNameLimitTests(SynchronousTestCase):
+    """
+    The longest header and image name taken are limits too, on the link
+    and on CRIU's sockets.
+    """
+
+    def test_linkHeader(self) -> None:
+        """
+        A hello longer than C{maxHeaderSize} is refused before it is
+        buffered, naming the limit.
+        """
+        protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds, limits=Limits(maxHeaderSize=64))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(hello("x" * 100)[:8])
+        self.assertTrue(transport.disconnecting)
+        answer = CacheMessage.FromString(transport.value()[4:])
+        self.assertIn("at most 64 accepted", answer.refuse.reason)
+
+    def test_linkSessionHeader(self) -> None:
+        """
+        The limit holds for the session's messages after the hello too.
+        """
+        protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds, limits=Limits(maxHeaderSize=64))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(hello())
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(imageOpen(1, "a" * 100))
+        self.assertTrue(transport.disconnecting)
+        session = protocol.state.session
+        assert session is not None
+        self.assertIn("at most 64 accepted", session.failure or "")
+
+    def test_linkImageName(self) -> None:
+        """
+        An image name over C{maxNameLength} bytes fails the session.
+        """
+        protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds, limits=Limits(maxNameLength=10))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(hello() + wholeImage(1, "ten-bytes!", b"a"))
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(imageOpen(2, "eleven-byte"))
+        self.assertTrue(transport.disconnecting)
+        session = protocol.state.session
+        assert session is not None
+        self.assertIn("is over 10 bytes", session.failure or "")
+
+    def test_restoreRequest(self) -> None:
+        """
+        On the restore socket, a request header over the factory's limit
+        or a name over its length ends that restore's connection only.
+        """
+        for limits, name in [(Limits(maxHeaderSize=20), "a" * 30 + ".img"), (Limits(maxNameLength=8), "long-name.img")]:
+            factory = StreamServeFactory(SessionSlot(), MemoryReactorClock())
+            factory.limits = limits
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(criu.frame(StreamRequest(filename=name)))
+            self.assertTrue(transport.disconnecting, limits)
+            protocol.connectionLost()
+
+    def test_proxyImageName(self) -> None:
+        """
+        The proxy takes no image name from CRIU over its limit.
+        """
+        session = ProxySession("s", maxNameLength=8)
+        session.accepted(ProxyLinkFactory(session).stream)
+        self.assertRaises(BadName, session.openImage, "", "long-name.img")
+        session.openImage("", "core.img")
+
+
 class LocalConnectionLimitTests(SynchronousTestCase):
     """
     A local socket serves at most so many connections at once.
@@ -105,3 +185,15 @@ class LimitOptionsTests(SynchronousTestCase):
         options.parseOptions(["-D", d, "--listen", "tcp:0", "--max-images", "5", "--max-local-connections", "3"])
         self.assertEqual((options["max-images"], options["max-local-connections"]), (5, 3))
         self.assertRaises(UsageError, CacheOptions().parseOptions, ["-D", d, "--listen", "tcp:0", "--max-images", "0"])
+
+    def test_headerAndName(self) -> None:
+        """
+        The header size and name length options, on both daemons, reach
+        their limits.
+        """
+        d = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, d)
+        for options, args in [(CacheOptions(), ["--listen", "tcp:0"]), (ProxyOptions(), ["--connect", "tcp:host=h:port=1"])]:
+            options.parseOptions(["-D", d, *args, "--max-header-size", "4096", "--max-name-length", "100"])
+            limits = options.limits()
+            self.assertEqual((limits.maxHeaderSize, limits.maxNameLength), (4096, 100))
