@@ -47,8 +47,9 @@ def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limi
 
     @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
     @param reactor: The reactor.
-    @param idleTimeout: With C{"remote"}, how long a local connection may
-        take to send its header and pipe.
+    @param idleTimeout: How long a new connection may take to open its
+        exchange: a link's hello (or the cache's answer to it), and with
+        C{"remote"} a local connection's header and pipe.
     @param limits: Local connections at once, per socket.
     """
 
@@ -106,8 +107,9 @@ class CacheService(MultiService):
         @param local: Server endpoint string for CRIU's socket.
         @param verbose: Log every image, not only large ones.
         @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
-        @param idleTimeout: With C{"remote"}, how long a local connection
-            may take to send its header and pipe.
+        @param idleTimeout: How long a new connection may take to open its
+            exchange: a link's hello (or the cache's answer to it), and with
+            C{"remote"} a local connection's header and pipe.
         @param tls: Certificate, key and CA for a mutually authenticated TLS
             link: only proxies certified by that CA get in. None for plain
             TCP.
@@ -167,7 +169,7 @@ class CacheService(MultiService):
         else:
             # The link only calls claim(name) (ISessionClaims) on what it is given.
             self._linkFactory = CacheLinkFactory(
-                claims, reactor.seconds, reactor, verbose, limits, resumeTimeout, self.bound
+                claims, reactor.seconds, reactor, verbose, limits, resumeTimeout, self.bound, idleTimeout
             )
         if tls is None:
             self._link = strports.service(listen, self._linkFactory, reactor=reactor)
@@ -290,8 +292,9 @@ def cacheService(
     @param protocol: CRIU's local protocol: C{"stream"} (on
         C{imagesDir/streamer-serve.sock}) or C{"remote"} (on
         C{imagesDir/img-cache.sock}).
-    @param idleTimeout: With C{"remote"}, how long a local connection may
-        take to send its header and pipe.
+    @param idleTimeout: How long a new connection may take to open its
+        exchange: a link's hello (or the cache's answer to it), and with
+        C{"remote"} a local connection's header and pipe.
     @param tls: Certificate, key and CA (L{TLSFiles}) for a mutually
         authenticated TLS link; None for plain TCP.
     @param link: C{"imgrelay"} (the default), or C{"criu"} to accept a CRIU

@@ -418,6 +418,7 @@ class CacheLinkProtocol(Protocol):
         """
         self._bound = bound
         self._paused = False
+        self._helloTimer: Optional[IDelayedCall] = None
         self._hello = helloFramer(limits.maxHeaderSize)
         self._slot = slot
         self._clock = clock
@@ -457,6 +458,19 @@ class CacheLinkProtocol(Protocol):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         if self._bound is not None:
             self._bound.addReader(self)
+        factory = self.factory
+        if isinstance(factory, CacheLinkFactory) and factory.helloTimeout is not None:
+            self._helloTimer = factory._timers().callLater(factory.helloTimeout, self._noHello, factory.helloTimeout)
+
+    def _noHello(self, timeout: float) -> None:
+        self._helloTimer = None
+        if self.stream is None and not self._closing:
+            self._fail(f"no hello within {timeout:g} s (--idle-timeout)")
+
+    def _cancelHelloTimer(self) -> None:
+        timer, self._helloTimer = self._helloTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # IBoundReader
 
@@ -562,6 +576,7 @@ class CacheLinkProtocol(Protocol):
         if kind != "hello":
             raise ProtocolError(f"expected hello, got {kind}")
         rest = self._hello.drain()
+        self._cancelHelloTimer()
         factory = self.factory if isinstance(self.factory, CacheLinkFactory) else None
         hello = message.hello
         if hello.resume or (factory is not None and factory.knows(hello)):
@@ -624,6 +639,7 @@ class CacheLinkProtocol(Protocol):
         """
         A session still receiving waits for the proxy to resume it.
         """
+        self._cancelHelloTimer()
         if self._receiver is not None:
             self._receiver.close()
         if self._bound is not None:
@@ -646,7 +662,7 @@ class CacheLinkFactory(Factory):
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
-        bound: Optional[MemoryBound] = None,
+        bound: Optional[MemoryBound] = None, helloTimeout: Optional[float] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -658,7 +674,10 @@ class CacheLinkFactory(Factory):
         @param resumeTimeout: Seconds a session whose link broke waits for
             its proxy to resume it before it fails.
         @param bound: The cache's memory bound; none by default.
+        @param helloTimeout: Seconds a new link may take to say hello, or
+            None for no limit.
         """
+        self.helloTimeout = helloTimeout
         self.bound = bound if bound is not None else MemoryBound()
         self.limits = limits
         self.slot = slot

@@ -83,8 +83,9 @@ class ProxyService(MultiService):
         @param sessionName: The session name sent in hello.
         @param verbose: Log every image, not only large ones.
         @param protocol: CRIU's local protocol, C{"stream"} or C{"remote"}.
-        @param idleTimeout: With C{"remote"}, how long a local connection
-            may take to send its header and pipe.
+        @param idleTimeout: How long a new connection may take to open its
+            exchange: a link's hello (or the cache's answer to it), and with
+            C{"remote"} a local connection's header and pipe.
         @param tls: Certificate, key and CA for a mutually authenticated TLS
             link; None for plain TCP.
         @param tlsHostname: The name the cache's certificate must carry; by
@@ -106,6 +107,7 @@ class ProxyService(MultiService):
             raise ValueError(f"window of {window} bytes is under {MIN_WINDOW}")
         self.window = window
         self.limits = limits
+        self.idleTimeout = idleTimeout
         self.reconnectTimeout = reconnectTimeout
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -200,7 +202,7 @@ class ProxyService(MultiService):
             )
         else:
             LinkDriver(
-                self._connect, ProxyLinkFactory(session, self._reactor, self.window), self._reactor,
+                self._connect, ProxyLinkFactory(session, self._reactor, self.window, self.idleTimeout), self._reactor,
                 self.connectDescription, self.reconnectTimeout,
             ).start()
         return session
@@ -244,8 +246,9 @@ def proxyService(
     @param protocol: CRIU's local protocol: C{"stream"} (C{criu dump
         --stream}, on C{imagesDir/streamer-capture.sock}) or C{"remote"}
         (C{criu dump --remote}, on C{imagesDir/img-proxy.sock}).
-    @param idleTimeout: With C{"remote"}, how long a local connection may
-        take to send its header and pipe.
+    @param idleTimeout: How long a new connection may take to open its
+        exchange: a link's hello (or the cache's answer to it), and with
+        C{"remote"} a local connection's header and pipe.
     @param tls: Certificate, key and CA (L{TLSFiles}) for a mutually
         authenticated TLS link; None for plain TCP.
     @param tlsHostname: The name the cache's certificate must carry; by

@@ -6,9 +6,9 @@ stream a L{LinkStream} hands it, and reports the cache's answers.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +45,7 @@ class ProxyLinkProtocol(Protocol):
         self._framer = cacheMessageFramer()
         self._closed = False
         self._accepted = False
+        self._acceptTimer: Optional[IDelayedCall] = None
         self._sender: ISender
 
     def connectionMade(self) -> None:
@@ -61,6 +62,23 @@ class ProxyLinkProtocol(Protocol):
         sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
         self._sender = sender if sender is not None else TransportSender(transport, self)
         self._sender.send([frame(self.stream.hello())])
+        timeout = getattr(self.factory, "acceptTimeout", None)
+        if timeout is not None:
+            self._acceptTimer = reactor.callLater(timeout, self._noAccept, timeout)
+
+    def _noAccept(self, timeout: float) -> None:
+        self._acceptTimer = None
+        if not self._accepted and not self._closed:
+            self.log.warn(
+                "session {session}: the cache did not answer the hello within {timeout:g} s; dropping the connection",
+                session=self.session.name, timeout=timeout,
+            )
+            self._abort()
+
+    def _cancelAcceptTimer(self) -> None:
+        timer, self._acceptTimer = self._acceptTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _sendFailed(self, error: Exception) -> None:
         self.log.error("sending to the cache failed: {error}", error=error)
@@ -111,6 +129,8 @@ class ProxyLinkProtocol(Protocol):
     def _handle(self, message: link_pb2.CacheMessage) -> None:
         kind = message.WhichOneof("kind")
         session = self.session
+        if kind in ("accept", "refuse"):
+            self._cancelAcceptTimer()
         if kind == "accept":
             if self._accepted:
                 session.failed("the cache accepted the session twice")
@@ -140,6 +160,7 @@ class ProxyLinkProtocol(Protocol):
         The stream waits for another connection (or the session is over).
         """
         self._closed = True
+        self._cancelAcceptTimer()
         self._sender.abort()
         if not self._accepted and _isTLSError(reason) and not self.session.over:
             # A certificate the other end refuses will not get better by
@@ -180,12 +201,19 @@ class ProxyLinkFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW,
+        acceptTimeout: Optional[float] = None,
+    ) -> None:
         """
         @param session: The session every connection carries.
-        @param reactor: Where plain TCP sockets are written.
+        @param reactor: Where plain TCP sockets are written, and timers run.
         @param window: The most bytes held unacknowledged.
+        @param acceptTimeout: Seconds the cache may take to answer a hello
+            before the connection is dropped (and dialled again); None for
+            no limit.
         """
+        self.acceptTimeout = acceptTimeout
         self.session = session
         self.reactor = reactor
         self.stream = LinkStream(session, window)

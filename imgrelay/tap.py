@@ -111,7 +111,8 @@ class _Options(usage.Options):
         ["max-name-length", None, Limits().maxNameLength, "Longest image name taken, in UTF-8 bytes.", _positive],
         ["socket-mode", None, DEFAULT_MODE, "Octal permission bits of the local sockets (in --images-dir, or in each "
          "session's directory under --sessions-root).", parseMode],
-        ["idle-timeout", None, 30.0, "With --protocol remote: seconds a local connection may take to send its header and pipe.", _seconds],
+        ["idle-timeout", None, 30.0, "Seconds a new connection may take to open its exchange: a link's hello (and, "
+         "on the proxy, the cache's answer), or with --protocol remote a local connection's header and pipe.", _seconds],
         ["stats-file", None, None, "Append one JSON line per session ended to this file."],
         ["status-fd", None, None, "Write JSON lifecycle events (listening, first-image, complete, failed) to this "
          "open file descriptor, one per line.", _openFd],

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProducer, IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -667,3 +668,60 @@ class GivingUpTests(SynchronousTestCase):
         self.assertNoResult(migration.session.result)
         migration.session.abort("test over")
         self.failureResultOf(migration.session.result, SessionError)
+
+
+class HandshakeTimeoutTests(SynchronousTestCase):
+    """
+    A connection that never opens its exchange is dropped.
+    """
+
+    def test_noHello(self) -> None:
+        """
+        A link that says nothing is refused after the hello timeout, naming
+        the option; one that said hello in time is kept.
+        """
+        reactor = MemoryReactorClock()
+        factory = CacheLinkFactory(
+            SessionSlot(), reactor.seconds, reactor, resumeTimeout=RESUME_TIMEOUT, helloTimeout=30
+        )
+        silent = factory.buildProtocol(None)
+        silentTransport = StringTransport()
+        silent.makeConnection(silentTransport)
+        talker = factory.buildProtocol(None)
+        talkerTransport = StringTransport()
+        talker.makeConnection(talkerTransport)
+        talker.dataReceived(frame(ProxyMessage(hello=link_pb2.Hello(version=1, session="s", resume_token=b"t" * 16))))
+        reactor.advance(29)
+        self.assertFalse(silentTransport.disconnecting)
+        reactor.advance(1)
+        self.assertTrue(silentTransport.disconnecting)
+        answer = CacheMessage.FromString(silentTransport.value()[4:])
+        self.assertEqual(answer.refuse.reason, "no hello within 30 s (--idle-timeout)")
+        self.assertFalse(talkerTransport.disconnecting)
+        for p in (silent, talker):
+            p.connectionLost(Failure(ConnectionDone()))
+        # No hello timer is left; the talker's session waits for a resume.
+        self.assertEqual([c.getTime() for c in reactor.getDelayedCalls()], [30 + RESUME_TIMEOUT])
+
+    def test_noAccept(self) -> None:
+        """
+        A cache that does not answer the hello in time gets its connection
+        dropped; the session then waits for another one.
+        """
+        reactor = MemoryReactorClock()
+        session = ProxySession("mig", reactor.seconds)
+        factory = ProxyLinkFactory(session, reactor, acceptTimeout=30)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(30)
+        self.assertTrue(transport.disconnecting or getattr(transport, "aborted", False))
+        protocol.connectionLost(Failure(ConnectionAborted()))
+        self.assertNoResult(session.result)
+        # An answer in time cancels the timer.
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(CacheMessage(accept=link_pb2.Accept())))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnecting)
