@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.python.failure import Failure
 
@@ -20,7 +19,7 @@ from imgrelay._store import Image, Session, SessionSlot, SessionState
 
 if TYPE_CHECKING:
     from imgrelay._proxy import ProxyService
-    from imgrelay._proxysession import ProxySession, SessionOutcome
+    from imgrelay._proxysession import OutgoingImage, ProxySession, SessionOutcome
 
 
 def _version() -> str:
@@ -67,13 +66,18 @@ def _proxyErrorKind(reason: str) -> str:
 
 def watchProxy(service: ProxyService, stats: DaemonStats) -> None:
     """
-    Count every session C{service} starts: its outcome, and at the end its
-    images and bytes as the cache confirmed them (no per-snapshot counts:
-    the proxy session does not tell them).
+    Count every session C{service} starts: the bytes read from CRIU and the
+    images open as it goes, each image as the cache verifies it (with its
+    snapshot), and its outcome.
     """
 
     def started(session: ProxySession) -> None:
-        counters = stats.begin(session.name, "sending")
+        counters = stats.begin(session.name, "sending", lambda: (session.bytesRead, session.openImages))
+
+        def acked(image: OutgoingImage) -> None:
+            stats.imageVerified(counters, image.snapshotId, image.checksum.size)
+
+        session.addAckObserver(acked)
 
         def over(result: Union[SessionOutcome, Failure]) -> None:
             if isinstance(result, Failure):
@@ -110,8 +114,7 @@ def observeProxy(
 ) -> ObservingService:
     """
     @param service: The proxy.
-    @param options: What to report; the proxy writes no progress lines (it
-        counts a session's images only once the cache confirmed them).
+    @param options: What to report.
     @param reactor: The reactor.
     @param listening: The proxy's C{"local"} service.
     @return: The proxy's observing service, fed by C{service}.
@@ -124,4 +127,4 @@ def observeProxy(
 
     stats = DaemonStats("proxy", reactor.seconds, _version(), held=held)
     watchProxy(service, stats)
-    return ObservingService(stats, attrs.evolve(options, progressInterval=0), reactor, listening)
+    return ObservingService(stats, options, reactor, listening)

@@ -165,6 +165,9 @@ class ProxySession:
         self._over = False
         self._started = clock()
         self._overObservers: list[Callable[[Union[SessionOutcome, Failure]], None]] = []
+        self._ackObservers: list[Callable[[OutgoingImage], None]] = []
+        #: Bytes of image content read from CRIU so far.
+        self.bytesRead = 0
 
     # Calls from the local (CRIU) side.
 
@@ -223,6 +226,7 @@ class ProxySession:
         if self._over or self._link is None:
             return
         image.checksum.update(data)
+        self.bytesRead += len(data)
         if image.data is not None:
             image.data.append(data)
         self._link.sendChunk(image.id, data)
@@ -299,6 +303,8 @@ class ProxySession:
         if image is None:
             self._fail(f"cache acknowledged image {imageId}, which is not awaiting it")
             return
+        for observer in list(self._ackObservers):
+            observer(image)
         seconds = (image.closed or image.opened) - image.opened
         if logsImage(image.checksum.size, self.verbose):
             self.log.info(
@@ -335,6 +341,19 @@ class ProxySession:
         the link broke.
         """
         self._fail(reason)
+
+    @property
+    def openImages(self) -> int:
+        """
+        @return: How many images CRIU is writing now.
+        """
+        return len(self._open)
+
+    def addAckObserver(self, observer: Callable[[OutgoingImage], None]) -> None:
+        """
+        Call C{observer} with each image once the cache verified it.
+        """
+        self._ackObservers.append(observer)
 
     def addOverObserver(self, observer: Callable[[Union[SessionOutcome, Failure]], None]) -> None:
         """

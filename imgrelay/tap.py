@@ -113,6 +113,8 @@ class _Options(usage.Options):
          "session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, 30.0, "Seconds a new connection may take to open its exchange: a link's hello (and, "
          "on the proxy, the cache's answer), or with --protocol remote a local connection's header and pipe.", _seconds],
+        ["progress-interval", None, Observability().progressInterval,
+         "Seconds between progress lines, one per session in progress (0: none).", _interval],
         ["stats-file", None, None, "Append one JSON line per session ended to this file."],
         ["status-fd", None, None, "Write JSON lifecycle events (listening, first-image, complete, failed) to this "
          "open file descriptor, one per line.", _openFd],
@@ -162,7 +164,7 @@ class _Options(usage.Options):
         @return: What the daemon reports besides its log.
         """
         return Observability(
-            self.get("progress-interval", 0.0), self["stats-file"], self["status-fd"], self["http"] or None
+            self["progress-interval"], self["stats-file"], self["status-fd"], self["http"] or None
         )
 
     def _checkDirectory(self) -> None:
@@ -239,8 +241,6 @@ class CacheOptions(_Options):
         ["max-sessions", None, DEFAULT_MAX_SESSIONS, "With --sessions-root: sessions received at once.", _positive],
         ["retain", None, 0.0, "Seconds a session is kept after its last restore ended, to be restored "
          "again meanwhile.", _retainSeconds],
-        ["progress-interval", None, Observability().progressInterval,
-         "Seconds between progress lines, one per session in progress (0: none).", _interval],
     ]
 
     def _checkDirectory(self) -> None:

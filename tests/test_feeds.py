@@ -165,6 +165,30 @@ class ProxyFeedTests(SynchronousTestCase):
         (counters,) = self.stats.ended
         self.assertEqual((counters.state, counters.images, counters.bytes), ("complete", 1, 5))
 
+    def test_liveCounters(self) -> None:
+        """
+        While it sends, a session's bytes read from CRIU and images open are
+        read live, each image the cache verified counts in its snapshot, and
+        the first one is an event.
+        """
+        events: list[str] = []
+        self.stats.addListener(lambda event, s: events.append(event))
+        session = ProxySession("web-1", self.clock.seconds)
+        self.proxy.start(session)
+        link = _Link()
+        session.accepted(link)
+        first = session.openImage("snap", "a.img")
+        session.openImage("snap", "b.img").write(b"12")
+        first.write(b"hello")
+        (counters,) = self.stats.sample()
+        self.assertEqual((counters.bytes, counters.open, counters.images), (7, 2, 0))
+        first.close()
+        session.acked(link.closed[0])
+        self.assertEqual((counters.images, counters.snapshots["snap"].bytes), (1, 5))
+        self.assertEqual(events, ["first-image"])
+        session.abort("test over")
+        self.failureResultOf(session.result)
+
     def test_failedChecksum(self) -> None:
         """
         A session whose image the cache refused counts as a checksum error;

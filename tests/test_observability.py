@@ -203,13 +203,13 @@ class ObservabilityTests(TestCase):
         with open(statsFile) as f:
             self.assertEqual([json.loads(line)["outcome"] for line in f], ["complete", "failed"])
 
-        # The proxy's status fd: listening on its socket, then the session
-        # as the cache confirmed it.
+        # The proxy's status fd: listening on its socket, its first image
+        # verified by the cache, then the session as the cache confirmed it.
         await proxyDone
         proxyEvents = [json.loads(line) for line in os.read(pr, 1 << 20).splitlines()]
-        self.assertEqual([e["event"] for e in proxyEvents], ["listening", "complete"])
+        self.assertEqual([e["event"] for e in proxyEvents], ["listening", "first-image", "complete"])
         self.assertEqual(proxyEvents[0]["local"], {"path": os.path.join(dumpDir, "streamer-capture.sock")})
-        self.assertEqual((proxyEvents[1]["stats"]["images"], proxyEvents[1]["stats"]["bytes"]), (2, good.bytes))
+        self.assertEqual((proxyEvents[2]["stats"]["images"], proxyEvents[2]["stats"]["bytes"]), (2, good.bytes))
 
     async def test_statusFdNotRead(self) -> None:
         """

@@ -280,17 +280,18 @@ class ObservabilityOptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         """
-        By default: progress lines every 5 seconds on the cache, nothing
-        else; the proxy has no progress lines.
+        By default: progress lines every 5 seconds on both daemons, nothing
+        else.
         """
         cache = CacheOptions()
         cache.parseOptions(["-D", self.dir, "--listen", "tcp:0"])
         self.assertEqual(cache.observability(), Observability(5.0, None, None, None))
         proxy = ProxyOptions()
         proxy.parseOptions(["-D", self.dir, "--connect", "tcp:host=a:port=1"])
-        self.assertEqual(proxy.observability(), Observability(0.0, None, None, None))
-        self.assertRaises(UsageError, ProxyOptions().parseOptions,
-                          ["-D", self.dir, "--connect", "tcp:host=a:port=1", "--progress-interval", "1"])
+        self.assertEqual(proxy.observability(), Observability(5.0, None, None, None))
+        proxy = ProxyOptions()
+        proxy.parseOptions(["-D", self.dir, "--connect", "tcp:host=a:port=1", "--progress-interval", "1"])
+        self.assertEqual(proxy.observability().progressInterval, 1.0)
 
     def test_values(self) -> None:
         """
