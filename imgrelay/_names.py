@@ -33,16 +33,27 @@ def checkImageName(name: str, maxLength: int = MAX_NAME) -> str:
     @return: C{name}, unchanged.
     @raise BadName: If it is refused.
     """
+    return _checkFileName("image name", name, maxLength, hiddenAllowed=True)
+
+
+def _checkFileName(kind: str, name: str, maxLength: int, hiddenAllowed: bool) -> str:
+    """
+    Refuse a name that cannot be one file name: empty, C{.} or C{..} (or,
+    unless C{hiddenAllowed}, anything starting with C{.}), holding a C{/}
+    or a NUL, or longer than C{maxLength} UTF-8 bytes.
+    """
     if not name:
-        raise BadName("empty image name")
+        raise BadName(f"empty {kind}")
+    if not hiddenAllowed and name.startswith("."):
+        raise BadName(f"{kind} {name[:40]!r} starts with '.'")
     if name in (".", ".."):
-        raise BadName(f"image name {name!r} is not a file name")
+        raise BadName(f"{kind} {name!r} is not a file name")
     if "/" in name:
-        raise BadName(f"image name {name!r} holds a '/'")
+        raise BadName(f"{kind} {name[:40]!r} holds a '/'")
     if "\0" in name:
-        raise BadName(f"image name {name!r} holds a NUL")
+        raise BadName(f"{kind} {name[:40]!r} holds a NUL")
     if len(name.encode("utf-8", "surrogatepass")) > maxLength:
-        raise BadName(f"image name {name[:40]!r}... is over {maxLength} bytes")
+        raise BadName(f"{kind} {name[:40]!r}... is over {maxLength} bytes")
     return name
 
 
@@ -75,14 +86,4 @@ def checkSessionDirName(name: str, maxLength: int = MAX_NAME) -> str:
     @return: C{name}, unchanged.
     @raise BadName: If it is refused.
     """
-    if not name:
-        raise BadName("empty session name")
-    if name.startswith("."):
-        raise BadName(f"session name {name[:40]!r} starts with '.'")
-    if "/" in name:
-        raise BadName(f"session name {name[:40]!r} holds a '/'")
-    if "\0" in name:
-        raise BadName(f"session name {name[:40]!r} holds a NUL")
-    if len(name.encode("utf-8", "surrogatepass")) > maxLength:
-        raise BadName(f"session name {name[:40]!r}... is over {maxLength} bytes")
-    return name
+    return _checkFileName("session name", name, maxLength, hiddenAllowed=False)

@@ -46,8 +46,13 @@ class BufferRing:
 
     The link sends in the order data is handed to it, so a buffer is free
     again once the link's count of bytes written passes the count of bytes
-    queued when the buffer's data was handed on.
+    queued when the buffer's data was handed on. A read smaller than
+    L{copyBelow} is copied out instead, and its buffer is free at once: a
+    small file must not hold a whole buffer until the link is done with it.
     """
+
+    #: Reads smaller than this are copied out of the buffer.
+    copyBelow = 64 << 10
 
     def __init__(self, written: Callable[[], int], queued: Callable[[], int], size: int = PIPE_BLOCK, keep: int = 16) -> None:
         """
@@ -72,6 +77,13 @@ class BufferRing:
         while busy and busy[0][0] <= written:
             self._free.append(busy.popleft()[1])
         return self._free.pop() if self._free else bytearray(self.size)
+
+    def giveBack(self, buffer: bytearray) -> None:
+        """
+        C{buffer} is free again at once (what was read into it was copied).
+        """
+        if len(self._busy) + len(self._free) < self._keep:
+            self._free.append(buffer)
 
     def handedOn(self, buffer: bytearray) -> None:
         """
@@ -136,7 +148,12 @@ class PipeReader(abstract.FileDescriptor):
             else:
                 buffer = ring.take()
                 n = os.readv(self._fd, [buffer])
-                data = memoryview(buffer)[:n]
+                if n < ring.copyBelow:
+                    data = bytes(memoryview(buffer)[:n])
+                    ring.giveBack(buffer)
+                    ring = None
+                else:
+                    data = memoryview(buffer)[:n]
         except BlockingIOError:
             return None
         except OSError as e:

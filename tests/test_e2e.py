@@ -53,28 +53,21 @@ class _DaemonCase(SynchronousTestCase):
         )
 
 
-class EndToEndTests(_DaemonCase):
-    """
-    A migration through C{twistd imgrelay-proxy} and C{twistd imgrelay-cache}.
-    """
+    def migrate(self, images: dict[str, bytes], asked: list[str], proxy: Daemon, cache: Daemon) -> dict[str, Optional[bytes]]:
+        """
+        Dump C{images} (C{pages-1.img} open the whole time, the others sent
+        meanwhile) while a restore asks for C{asked}; both oneshot daemons
+        must exit 0.
 
-    def test_migration(self) -> None:
+        @return: What the restore got.
         """
-        A 256 MiB image and 300 small files, restored while they are dumped,
-        arrive byte for byte; with C{--oneshot} both daemons exit 0, and
-        both local sockets are removed.
-        """
-        cache = self.cache("--oneshot")
-        proxy = self.proxy("--oneshot")
         cache.waitFor(path=self.serve)
         proxy.waitFor(path=self.capture)
-        images = {f"small-{i}.img": os.urandom(100 + 13 * i) for i in range(300)}
-        images["pages-1.img"] = criu.patternBytes("pages-1.img", 256 << 20)
         restored: dict[str, Optional[bytes]] = {}
 
         def restore() -> None:
             r = criu.StreamRestorer(self.serve)
-            restored.update(r.fetchAll(sorted(images) + ["memfd.img"]))
+            restored.update(r.fetchAll(asked))
             r.close()
 
         restorer = threading.Thread(target=restore)
@@ -91,6 +84,25 @@ class EndToEndTests(_DaemonCase):
         self.assertFalse(restorer.is_alive())
         self.assertEqual(proxy.wait(), 0, proxy.log())
         self.assertEqual(cache.wait(), 0, cache.log())
+        return restored
+
+
+class EndToEndTests(_DaemonCase):
+    """
+    A migration through C{twistd imgrelay-proxy} and C{twistd imgrelay-cache}.
+    """
+
+    def test_migration(self) -> None:
+        """
+        A 256 MiB image and 300 small files, restored while they are dumped,
+        arrive byte for byte; with C{--oneshot} both daemons exit 0, and
+        both local sockets are removed.
+        """
+        cache = self.cache("--oneshot")
+        proxy = self.proxy("--oneshot")
+        images = {f"small-{i}.img": os.urandom(100 + 13 * i) for i in range(300)}
+        images["pages-1.img"] = criu.patternBytes("pages-1.img", 256 << 20)
+        restored = self.migrate(images, sorted(images) + ["memfd.img"], proxy, cache)
         self.assertIsNone(restored.pop("memfd.img"))
         self.assertEqual(sorted(restored), sorted(images))
         for name, content in images.items():
@@ -324,31 +336,9 @@ class ResumeEndToEndTests(_DaemonCase):
             "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={relay.port}", "--images-dir", self.dumpDir,
             "--oneshot",
         )
-        cache.waitFor(path=self.serve)
-        proxy.waitFor(path=self.capture)
         images = {f"small-{i}.img": os.urandom(100 + 97 * i) for i in range(50)}
         images["pages-1.img"] = criu.patternBytes("pages-1.img", 200 << 20)
-        restored: dict[str, Optional[bytes]] = {}
-
-        def restore() -> None:
-            r = criu.StreamRestorer(self.serve)
-            restored.update(r.fetchAll(sorted(images)))
-            r.close()
-
-        restorer = threading.Thread(target=restore)
-        restorer.start()
-        dumper = criu.StreamDumper(self.capture)
-        big = dumper.open("pages-1.img")
-        for name in sorted(images):
-            if name != "pages-1.img":
-                dumper.send(name, images[name])
-        criu.writeAll(big, images["pages-1.img"])
-        os.close(big)
-        dumper.close()
-        restorer.join(120)
-        self.assertFalse(restorer.is_alive())
-        self.assertEqual(proxy.wait(), 0, proxy.log())
-        self.assertEqual(cache.wait(), 0, cache.log())
+        restored = self.migrate(images, sorted(images), proxy, cache)
         self.assertEqual(sorted(restored), sorted(images))
         for name, content in images.items():
             self.assertEqual(restored[name], content, name)

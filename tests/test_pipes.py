@@ -155,6 +155,7 @@ class BufferRingTests(TestCase):
         """
         r, w = os.pipe()
         ring = BufferRing(lambda: 0, lambda: 0, size=1 << 16)
+        ring.copyBelow = 0
         pieces: list[bytes] = []
         kinds: set[type] = set()
 
@@ -171,3 +172,21 @@ class BufferRingTests(TestCase):
         await written
         self.assertEqual(b"".join(pieces), content)
         self.assertEqual(kinds, {memoryview})
+
+    async def test_smallReadsCopied(self) -> None:
+        """
+        A read smaller than the ring's C{copyBelow} is handed on as C{bytes}
+        and its buffer is free again at once, though the link has sent
+        nothing: small files do not hold a buffer each.
+        """
+        r, w = os.pipe()
+        ring = BufferRing(lambda: 0, lambda: 0, size=1 << 16)
+        kinds: list[type] = []
+        ended: Deferred[Optional[Exception]] = Deferred()
+        reader = PipeReader(r, reactor, lambda data: kinds.append(type(data)), ended.callback, ring=ring)
+        reader.resumeProducing()
+        os.write(w, b"small")
+        os.close(w)
+        self.assertIsNone(await ended)
+        self.assertEqual(kinds, [bytes])
+        self.assertEqual((len(ring._free), len(ring._busy)), (1, 0))
