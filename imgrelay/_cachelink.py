@@ -637,8 +637,15 @@ class CacheLinkProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         """
-        A session still receiving waits for the proxy to resume it.
+        A session still receiving waits for the proxy to resume it. A link
+        lost before its hello (a TLS handshake refused, a peer that is not
+        a proxy) is logged with the reason.
         """
+        if self.stream is None and not self._closing:
+            self.log.warn(
+                "link from {peer} closed before its hello: {reason}",
+                peer=_peerOf(self.transport), reason=reason.getErrorMessage(),
+            )
         self._cancelHelloTimer()
         if self._receiver is not None:
             self._receiver.close()
@@ -648,6 +655,15 @@ class CacheLinkProtocol(Protocol):
             self.factory.linkClosed(self, reason)
         elif self.stream is not None and self.stream.link is self:
             self.stream.state.lost(f"link lost before the session completed ({reason.getErrorMessage()})")
+
+
+def _peerOf(transport: object) -> str:
+    try:
+        peer = transport.getPeer()  # type: ignore[attr-defined]
+    except Exception:
+        return "an unknown peer"
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
 
 
 class CacheLinkFactory(Factory):

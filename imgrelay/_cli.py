@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     send.add_argument("directory", metavar="DIR")
     send.add_argument("--to", required=True, metavar="ENDPOINT", help="the cache's link, e.g. tcp:host=dest:port=7070")
-    send.add_argument("--session", metavar="NAME", help="the session's name (default HOST:DIR)")
+    send.add_argument("--session", metavar="NAME", help="the session's name (default HOST-DIRNAME-HASH)")
+    send.add_argument("--reconnect-timeout", metavar="SECONDS", type=float, default=60.0,
+                      help="after a broken link, redial and resume; fail after this long without one (default 60)")
     send.add_argument("--snapshot", metavar="ID", default="", help="the snapshot id of the images (default none)")
     send.add_argument("--tls-cert", metavar="PEM")
     send.add_argument("--tls-key", metavar="PEM")
@@ -120,7 +122,9 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
         try:
             endpoint = _clisend.linkEndpoint(reactor, args.to, tls, args.tls_hostname)
-            outcome = await _clisend.send(reactor, args.directory, endpoint, name, args.snapshot, Progress(stderr, "send"))
+            outcome = await _clisend.send(
+                reactor, args.directory, endpoint, name, args.snapshot, Progress(stderr, "send"), args.reconnect_timeout
+            )
         except _clisend.SendError as e:
             if stopping:
                 return

@@ -4,8 +4,8 @@ C{imgrelay send}: send an image directory that already exists (every
 regular file in it) to a cache over the link protocol, as a proxy would,
 with the same acknowledgements and final handshake.
 
-It reuses the proxy's L{ProxySession} and link; L{_dial} is the one place
-that connects a session to the cache. Each file is read by a
+It reuses the proxy's L{ProxySession}, link and L{LinkDriver}, so a broken
+link is dialled again and the session resumes, as with the proxy. Each file is read by a
 L{FileReader}, a push producer that reads 1 MiB per reactor turn and stops
 whenever the link is full.
 """
@@ -27,6 +27,8 @@ from imgrelay._errors import SessionError
 from imgrelay._interfaces import IOutgoingImage
 from imgrelay._names import BadName, checkId, checkImageName
 from imgrelay._proxylink import ProxyLinkFactory
+from imgrelay._reconnect import DEFAULT_GIVE_UP, LinkDriver
+from imgrelay._remote import DEFAULT_IDLE_TIMEOUT
 from imgrelay._proxysession import ProxySession, SessionOutcome
 from imgrelay._tls import TLSFiles, clientEndpoint, hostOf
 
@@ -149,16 +151,22 @@ class FileReader:
         self._schedule()
 
 
-def _dial(reactor: Any, endpoint: IStreamClientEndpoint, session: ProxySession) -> Deferred[Any]:
+def _dial(
+    reactor: Any, endpoint: IStreamClientEndpoint, session: ProxySession, reconnectTimeout: float = DEFAULT_GIVE_UP
+) -> LinkDriver:
     """
-    Connect C{session} to the cache: the one seam between this command and
-    the proxy's link (being reworked), to be swapped with it.
+    Connect C{session} to the cache as the proxy does: dial, and after a
+    broken link dial again and resume; give the session up after
+    C{reconnectTimeout} seconds without a link the cache accepted.
 
-    @return: The connection attempt; a failure to connect fails the session.
+    @return: The started driver.
     """
-    d = endpoint.connect(ProxyLinkFactory(session, reactor))
-    d.addErrback(lambda f: session.failed(f"cannot reach the cache: {f.getErrorMessage()}"))
-    return d
+    driver = LinkDriver(
+        endpoint, ProxyLinkFactory(session, reactor, acceptTimeout=DEFAULT_IDLE_TIMEOUT), reactor,
+        repr(endpoint), reconnectTimeout,
+    )
+    driver.start()
+    return driver
 
 
 def linkEndpoint(
@@ -187,7 +195,7 @@ def linkEndpoint(
 
 async def send(
     reactor: Any, directory: str, endpoint: IStreamClientEndpoint, sessionName: str, snapshotId: str,
-    progress: Progress,
+    progress: Progress, reconnectTimeout: float = DEFAULT_GIVE_UP,
 ) -> SessionOutcome:
     """
     Send every image of C{directory} as one session, and wait for the
@@ -196,6 +204,8 @@ async def send(
     @param snapshotId: The snapshot the images belong to (C{""} for
         C{--stream} restores); a non-empty one is also pushed onto the
         session's snapshot list.
+    @param reconnectTimeout: Seconds without a link the cache accepted
+        after which the send fails.
     @return: What the cache confirmed.
     @raise SendError: If anything failed, saying what.
     """
@@ -216,7 +226,7 @@ async def send(
     # The outcome is awaited at the end; an early failure is raised there.
     result = session.result
     try:
-        _dial(reactor, endpoint, session)
+        _dial(reactor, endpoint, session, reconnectTimeout)
         await session.ready
         if snapshotId:
             session.pushSnapshot(snapshotId)

@@ -26,7 +26,8 @@ DEFAULT_GIVE_UP = 60.0
 
 def defaultRetryPolicy() -> Callable[[int], float]:
     """
-    @return: Retry after 0.2 s, doubling up to 5 s, with up to 10 % jitter.
+    @return: Retry after 0.2 s (the first attempt counts as 1), doubling up
+        to 5 s, with up to 10 % jitter.
     """
     import random
 

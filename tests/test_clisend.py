@@ -31,6 +31,7 @@ from imgrelay._localsock import localEndpoint
 from imgrelay._proxysession import SessionOutcome
 from imgrelay._tls import TLSFiles
 from imgrelay.testing import criu
+from tests.test_e2e import CuttingRelay
 from tests.test_tls import Authority
 
 
@@ -221,6 +222,22 @@ class SendTests(TestCase):
         self.assertEqual(fetched, Fetched("sent", len(images), total))
         self.assertSame(out, images)
 
+    async def test_linkBreaks(self) -> None:
+        """
+        A send whose link is reset every 2 MiB dials again and resumes, as
+        the proxy does, and the cache gets the directory byte for byte.
+        """
+        restore, port = await self.startCache()
+        source, images = self.makeImages()
+        relay = CuttingRelay(port, 2 << 20)
+        self.addCleanup(relay.stop)
+        endpoint = linkEndpoint(reactor, f"tcp:host=127.0.0.1:port={relay.port}")
+        outcome = await send(reactor, source, endpoint, "cut", "", quiet())
+        self.assertEqual(outcome.images, len(images))
+        self.assertGreaterEqual(relay.cuts, 3)
+        out, fetched = await self.fetch(restore)
+        self.assertSame(out, images)
+
     async def test_snapshot(self) -> None:
         """
         With a snapshot id, the images come back in that snapshot's
@@ -275,9 +292,10 @@ class SendTests(TestCase):
         number = closed.getHost().port
         await closed.stopListening()
         try:
-            await send(reactor, source, TCP4ClientEndpoint(reactor, "127.0.0.1", number), "x", "", quiet())
+            await send(reactor, source, TCP4ClientEndpoint(reactor, "127.0.0.1", number), "x", "", quiet(), 0.5)
         except SendError as e:
-            self.assertIn("cannot reach the cache", str(e))
+            self.assertIn("no link to the cache", str(e))
+            self.assertIn("Connection was refused", str(e))
         else:
             self.fail("the send succeeded")
 

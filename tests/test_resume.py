@@ -725,3 +725,21 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         protocol.dataReceived(frame(CacheMessage(accept=link_pb2.Accept())))
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertFalse(transport.disconnecting)
+
+
+class LostBeforeHelloTests(SynchronousTestCase):
+    """
+    A link lost before its hello leaves a line in the cache's log.
+    """
+
+    def test_logged(self) -> None:
+        """
+        The peer and the reason (a TLS handshake refused, say) are logged.
+        """
+        logs = _Logs(self)
+        reactor = MemoryReactorClock()
+        protocol = CacheLinkFactory(SessionSlot(), reactor.seconds, reactor).buildProtocol(None)
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4242)))
+        protocol.connectionLost(Failure(ConnectionLost("certificate verify failed")))
+        self.assertIn("link from 10.1.2.3:4242 closed before its hello:", logs.text())
+        self.assertIn("certificate verify failed", logs.text())
