@@ -4,6 +4,7 @@ Tests for L{imgrelay._pipes}: reading and writing real pipes on the reactor.
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Optional
 
@@ -12,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from imgrelay import _pipes
 from imgrelay._pipes import BufferRing, PipeReader, PipeWriter
 from imgrelay.testing.criu import patternBytes, readAll, writeAll
 
@@ -92,6 +94,71 @@ class PipeWriterTests(TestCase):
         os.close(r)
         self.assertIsNone(await ended)
         self.assertEqual(content, b"headmiddle" + big[1:])
+
+    async def test_splicedMappings(self) -> None:
+        """
+        Pieces of a mapping are handed to the pipe with C{vmsplice}; other
+        pieces are written; both arrive in order, as with plain writes.
+        """
+        calls: list[type] = []
+        real = _pipes.vmsplice
+
+        def recording(fd: int, view: memoryview) -> Optional[int]:
+            n = real(fd, view)
+            calls.append(type(view.obj) if n is not None else type(None))
+            return n
+
+        self.patch(_pipes, "vmsplice", recording)
+        block = mmap.mmap(-1, 3 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        content = patternBytes("spliced", 3 << 20)
+        block[:] = content
+        r, w = os.pipe()
+        ended: Deferred[Optional[Exception]] = Deferred()
+        PipeWriter(w, reactor, [memoryview(block)[5:], bytearray(b"tail")], ended.callback).startWriting()
+        got = await deferToThread(readAll, r)
+        os.close(r)
+        self.assertIsNone(await ended)
+        self.assertEqual(got, content[5:] + b"tail")
+        self.assertIn(mmap.mmap, calls)
+        self.assertEqual(calls[-1], type(None))
+        block.close()
+
+    async def test_splicedPagesOutliveTheImage(self) -> None:
+        """
+        Spliced pages stay what they were for the reader even once the
+        image is dropped and its mapping unmapped before the reader read
+        them (a restore released while CRIU still reads its last pipe).
+        """
+        block = mmap.mmap(-1, 512 << 10, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        content = patternBytes("outlive", 512 << 10)
+        block[:] = content
+        r, w = os.pipe()
+        ended: Deferred[Optional[Exception]] = Deferred()
+        view = memoryview(block)
+        PipeWriter(w, reactor, [view], ended.callback).startWriting()
+        # The whole image fits in the pipe (raised to 1 MiB): the writer
+        # ends unread.
+        self.assertIsNone(await ended)
+        view.release()
+        block.close()
+        # Memory the process maps next must not show through the pipe.
+        other = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        other[:] = b"\xff" * (1 << 20)
+        self.assertEqual(readAll(r), content)
+        os.close(r)
+        other.close()
+
+    def test_heapNotSpliced(self) -> None:
+        """
+        Heap memory (a bytearray, which the allocator reuses once freed)
+        and read-only memory are never spliced.
+        """
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        self.assertIsNone(_pipes.vmsplice(w, memoryview(bytearray(b"abc"))))
+        self.assertIsNone(_pipes.vmsplice(w, memoryview(b"abc")))
+        self.assertEqual(os.get_blocking(w), True)
 
     async def test_emptyImage(self) -> None:
         """
