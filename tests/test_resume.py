@@ -743,3 +743,28 @@ class LostBeforeHelloTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionLost("certificate verify failed")))
         self.assertIn("link from 10.1.2.3:4242 closed before its hello:", logs.text())
         self.assertIn("certificate verify failed", logs.text())
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    A cache that stops fails the sessions waiting for a resume.
+    """
+
+    def test_abortAll(self) -> None:
+        """
+        A session whose link broke fails at once when the cache stops, naming
+        why, and its resume timer is gone.
+        """
+        migration = Migration(_contents(big=2 * MiB))
+        migration.start()
+        wire = migration.endpoint.wire
+        ResumeTests.feedAndDeliver(None, migration, wire, MiB)  # type: ignore[arg-type]
+        migration.driver.service.stopService()
+        wire.cut()
+        self.assertIs(migration.cached.state, SessionState.RECEIVING)
+        migration.cacheFactory.abortAll()
+        self.assertIs(migration.cached.state, SessionState.FAILED)
+        self.assertEqual(migration.cached.failure, "the cache is shutting down")
+        self.assertEqual(migration.cacheFactory.streams, {})
+        migration.session.abort("test over")
+        self.failureResultOf(migration.session.result, SessionError)
