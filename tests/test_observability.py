@@ -12,7 +12,6 @@ import tempfile
 from typing import Any, Optional
 
 from crc32c import crc32c
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -26,6 +25,7 @@ import imgrelay
 from imgrelay._pipes import PipeReader
 from imgrelay._stats import DaemonStats, SessionStats
 from imgrelay.testing import criu
+from tests.test_web import samples
 from tests.test_cachelink import chunk, done, hello, imageClose, imageOpen, wholeImage
 from tests.test_statusfd import fillPipe
 
@@ -61,18 +61,6 @@ class _RawLink(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.closed.callback(None)
-
-
-def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """
-    @return: Every sample of a Prometheus text exposition, by name and
-        labels.
-    """
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 class ObservabilityTests(TestCase):
@@ -162,7 +150,7 @@ class ObservabilityTests(TestCase):
             [("good", "complete", 2, good.bytes, None)],
         )
         self.assertEqual(status["totals"]["sessions"], {"complete": 1, "failed": 0})
-        got = metrics((await self.get(httpPort, "/metrics")).decode())
+        got = samples((await self.get(httpPort, "/metrics")).decode())
         self.assertEqual(got[("imgrelay_sessions_total", (("outcome", "complete"),))], 1.0)
         self.assertEqual(got[("imgrelay_bytes_total", ())], float(good.bytes))
         self.assertEqual(got[("imgrelay_images_total", ())], 2.0)
@@ -182,7 +170,7 @@ class ObservabilityTests(TestCase):
         self.assertEqual([(s["name"], s["state"]) for s in status["sessions"]], [("good", "complete"), ("bad", "failed")])
         self.assertIn("checksum mismatch", status["sessions"][1]["error"])
         self.assertEqual(status["totals"]["errors"], {"checksum": 1, "protocol": 0, "other": 0})
-        got = metrics((await self.get(httpPort, "/metrics")).decode())
+        got = samples((await self.get(httpPort, "/metrics")).decode())
         self.assertEqual(got[("imgrelay_errors_total", (("kind", "checksum"),))], 1.0)
         self.assertEqual(got[("imgrelay_sessions_total", (("outcome", "failed"),))], 1.0)
         self.assertEqual(got[("imgrelay_sessions_total", (("outcome", "complete"),))], 1.0)
