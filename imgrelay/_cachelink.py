@@ -456,8 +456,6 @@ class CacheLinkProtocol(Protocol):
         self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
         if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
-        if self._bound is not None:
-            self._bound.addReader(self)
         factory = self.factory
         if isinstance(factory, CacheLinkFactory) and factory.helloTimeout is not None:
             self._helloTimer = factory._timers().callLater(factory.helloTimeout, self._noHello, factory.helloTimeout)
@@ -593,6 +591,11 @@ class CacheLinkProtocol(Protocol):
             else:
                 factory.started(stream, self)
         self.stream = stream
+        if self._bound is not None:
+            # Only now does this link bring a session's bytes; the bound
+            # holds it, or not, by that session (a link held before its
+            # hello could never resume the oldest session).
+            self._bound.addReader(self)
         for reply in replies:
             self._transport().write(frame(reply))
         if rest:

@@ -272,3 +272,39 @@ class MemoryBoundIntegrationTests(TestCase):
         # Bytes in flight when the bound was reached: a receive per link.
         self.assertLessEqual(cache.bound.peak, bound + 3 * (1 << 20))
         self.assertGreaterEqual(cache.bound.peak, bound)
+
+
+class LinkRegistrationTests(SynchronousTestCase):
+    """
+    A cache link comes under the memory bound once its hello named a
+    session, and is held or read by that session.
+    """
+
+    def test_helloReadAtTheBound(self) -> None:
+        """
+        With the bound near, a link that resumes the oldest session is read;
+        one that starts a new session is held after its hello; neither is
+        held before it, or it could never say which session it brings.
+        """
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from imgrelay._cachelink import CacheLinkFactory
+        from imgrelay._registry import SessionRegistry
+        from tests.test_cachelink import hello
+
+        reactor = MemoryReactorClock()
+        bound = MemoryBound(100)
+        factory = CacheLinkFactory(SessionRegistry(), reactor.seconds, reactor, bound=bound)
+        transports = []
+        for name in ("old", "new"):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.assertEqual(transport.producerState, "producing")
+            protocol.dataReceived(hello(name))
+            transports.append((protocol, transport))
+            if name == "old":
+                session = protocol.state.session
+                assert session is not None
+                bound.charge(session, 80)
+        self.assertEqual([t.producerState for _, t in transports], ["producing", "paused"])
