@@ -116,8 +116,9 @@ class MemoryBound:
         self.held += n
         if self.held > self.peak:
             self.peak = self.held
-        soft = self.soft
-        if soft is not None and self.held >= soft:
+        # Which links are read changes only with the state here; readers
+        # and sessions that come or end update it themselves.
+        if self._stateFor(self.held) != self._state:
             self._update()
 
     def _final(self, session: Session) -> None:
@@ -139,19 +140,22 @@ class MemoryBound:
         inProgress = [s for s in self._charged if not s.final]
         return min(inProgress, key=lambda s: (s.started or 0.0, id(s))) if inProgress else None
 
-    def _update(self) -> None:
+    def _stateFor(self, held: int) -> str:
         limit, soft = self.limit, self.soft
-        if limit is None or soft is None:
+        if limit is None or soft is None or held < soft:
+            return "open"
+        return "oldest" if held < limit else "closed"
+
+    def _update(self) -> None:
+        if self.limit is None:
             return
-        if self.held < soft:
-            state = "open"
+        state = self._stateFor(self.held)
+        if state == "open":
             allowed = self._readers
-        elif self.held < limit:
-            state = "oldest"
+        elif state == "oldest":
             oldest = self._oldestInProgress()
             allowed = {r for r in self._readers if oldest is not None and r.carries() is oldest}
         else:
-            state = "closed"
             allowed = set()
         if state != self._state:
             self._logState(state)
