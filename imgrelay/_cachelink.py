@@ -16,6 +16,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -395,7 +396,7 @@ DEFAULT_PROGRESS_STEP = 8 << 20
 
 
 @implementer(IPayloadReceiver, IBoundReader)
-class CacheLinkProtocol(Protocol):
+class CacheLinkProtocol(Protocol, TimeoutMixin):
     """
     One link from a proxy: its hello starts a session or resumes one (see
     L{CacheLinkFactory}); the rest is that session's stream.
@@ -418,7 +419,6 @@ class CacheLinkProtocol(Protocol):
         """
         self._bound = bound
         self._paused = False
-        self._helloTimer: Optional[IDelayedCall] = None
         self._hello = helloFramer(limits.maxHeaderSize)
         self._slot = slot
         self._clock = clock
@@ -458,17 +458,15 @@ class CacheLinkProtocol(Protocol):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         factory = self.factory
         if isinstance(factory, CacheLinkFactory) and factory.helloTimeout is not None:
-            self._helloTimer = factory._timers().callLater(factory.helloTimeout, self._noHello, factory.helloTimeout)
+            self.callLater = factory._timers().callLater  # type: ignore[method-assign,assignment]
+            self.setTimeout(factory.helloTimeout)
 
-    def _noHello(self, timeout: float) -> None:
-        self._helloTimer = None
+    def timeoutConnection(self) -> None:
+        """
+        No hello came in time (L{TimeoutMixin}).
+        """
         if self.stream is None and not self._closing:
-            self._fail(f"no hello within {timeout:g} s (--idle-timeout)")
-
-    def _cancelHelloTimer(self) -> None:
-        timer, self._helloTimer = self._helloTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+            self._fail(f"no hello within {self.timeOut:g} s (--idle-timeout)")
 
     # IBoundReader
 
@@ -574,7 +572,7 @@ class CacheLinkProtocol(Protocol):
         if kind != "hello":
             raise ProtocolError(f"expected hello, got {kind}")
         rest = self._hello.drain()
-        self._cancelHelloTimer()
+        self.setTimeout(None)
         factory = self.factory if isinstance(self.factory, CacheLinkFactory) else None
         hello = message.hello
         if hello.resume or (factory is not None and factory.knows(hello)):
@@ -649,7 +647,7 @@ class CacheLinkProtocol(Protocol):
                 "link from {peer} closed before its hello: {reason}",
                 peer=_peerOf(self.transport), reason=reason.getErrorMessage(),
             )
-        self._cancelHelloTimer()
+        self.setTimeout(None)
         if self._receiver is not None:
             self._receiver.close()
         if self._bound is not None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -25,7 +26,7 @@ from imgrelay._senders import ISender, SocketSender, TransportSender
 
 
 @implementer(IConnection, IPushProducer)
-class ProxyLinkProtocol(Protocol):
+class ProxyLinkProtocol(Protocol, TimeoutMixin):
     """
     One connection to a cache, carrying a session's L{LinkStream}: a new
     session on the first connection, the same session resumed on the next.
@@ -45,7 +46,6 @@ class ProxyLinkProtocol(Protocol):
         self._framer = cacheMessageFramer()
         self._closed = False
         self._accepted = False
-        self._acceptTimer: Optional[IDelayedCall] = None
         self._sender: ISender
 
     def connectionMade(self) -> None:
@@ -64,21 +64,19 @@ class ProxyLinkProtocol(Protocol):
         self._sender.send([frame(self.stream.hello())])
         timeout = getattr(self.factory, "acceptTimeout", None)
         if timeout is not None:
-            self._acceptTimer = reactor.callLater(timeout, self._noAccept, timeout)
+            self.callLater = reactor.callLater  # type: ignore[method-assign]
+            self.setTimeout(timeout)
 
-    def _noAccept(self, timeout: float) -> None:
-        self._acceptTimer = None
+    def timeoutConnection(self) -> None:
+        """
+        The cache did not answer the hello in time (L{TimeoutMixin}).
+        """
         if not self._accepted and not self._closed:
             self.log.warn(
                 "session {session}: the cache did not answer the hello within {timeout:g} s; dropping the connection",
-                session=self.session.name, timeout=timeout,
+                session=self.session.name, timeout=self.timeOut,
             )
             self._abort()
-
-    def _cancelAcceptTimer(self) -> None:
-        timer, self._acceptTimer = self._acceptTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _sendFailed(self, error: Exception) -> None:
         self.log.error("sending to the cache failed: {error}", error=error)
@@ -130,7 +128,7 @@ class ProxyLinkProtocol(Protocol):
         kind = message.WhichOneof("kind")
         session = self.session
         if kind in ("accept", "refuse"):
-            self._cancelAcceptTimer()
+            self.setTimeout(None)
         if kind == "accept":
             if self._accepted:
                 session.failed("the cache accepted the session twice")
@@ -160,7 +158,7 @@ class ProxyLinkProtocol(Protocol):
         The stream waits for another connection (or the session is over).
         """
         self._closed = True
-        self._cancelAcceptTimer()
+        self.setTimeout(None)
         self._sender.abort()
         if not self._accepted and _isTLSError(reason) and not self.session.over:
             # A certificate the other end refuses will not get better by
