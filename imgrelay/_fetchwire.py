@@ -7,7 +7,7 @@ the cache speaks; see C{proto/imgrelay/fetch.proto} and C{docs/cli.md}.
 
 from __future__ import annotations
 
-from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, decodeEnvelope, encodeHeader
 from imgrelay._pb import fetch_pb2
 
 #: The fetch protocol's version, sent in Begin; the client refuses others.
@@ -23,10 +23,7 @@ FetchMessage = fetch_pb2.FetchMessage
 
 
 def _decode(data: bytes) -> tuple[fetch_pb2.FetchMessage, int]:
-    message = FetchMessage.FromString(data)
-    kind = message.WhichOneof("kind")
-    if kind is None:
-        raise MalformedHeader("unknown or empty fetch message from the cache")
+    message, kind = decodeEnvelope(FetchMessage, data, "fetch message from the cache")
     if kind == "image":
         return message, message.image.size
     return message, 0

@@ -23,6 +23,7 @@ import attrs
 from google.protobuf.message import Message
 
 M = TypeVar("M")
+E = TypeVar("E", bound=Message)
 
 #: The default largest header, checked before a header is buffered.
 DEFAULT_MAX_HEADER = 64 * 1024
@@ -90,6 +91,26 @@ class _State(Enum):
     DECIDE = auto()
     PAYLOAD = auto()
     FAILED = auto()
+
+
+def decodeEnvelope(cls: type[E], data: bytes, what: str) -> tuple[E, str]:
+    """
+    Parse an envelope: a protobuf message whose C{oneof kind} says what it
+    carries.
+
+    @param cls: The envelope's message class.
+    @param data: Its serialized bytes.
+    @param what: What it is, for the error (e.g. C{"link message from the
+        proxy"}).
+    @return: The message and its kind.
+    @raise MalformedHeader: If no kind is set (an empty body, or a kind
+        from a later version).
+    """
+    message = cls.FromString(data)
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise MalformedHeader(f"unknown or empty {what}")
+    return message, kind
 
 
 def encodeHeader(message: Message, prefix: str = "!I") -> bytes:

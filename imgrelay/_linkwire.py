@@ -7,7 +7,7 @@ See C{docs/link-protocol.md}.
 
 from __future__ import annotations
 
-from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
+from imgrelay._framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, decodeEnvelope, encodeHeader
 from imgrelay._pb import link_pb2
 
 #: The link protocol's version, sent in Hello; the cache refuses others.
@@ -29,10 +29,7 @@ CacheMessage = link_pb2.CacheMessage
 
 
 def _decodeProxy(data: bytes) -> tuple[link_pb2.ProxyMessage, int]:
-    message = ProxyMessage.FromString(data)
-    kind = message.WhichOneof("kind")
-    if kind is None:
-        raise MalformedHeader("unknown or empty link message from the proxy")
+    message, kind = decodeEnvelope(ProxyMessage, data, "link message from the proxy")
     if kind == "chunk":
         length = message.chunk.length
         if length > MAX_CHUNK:
@@ -42,9 +39,7 @@ def _decodeProxy(data: bytes) -> tuple[link_pb2.ProxyMessage, int]:
 
 
 def _decodeCache(data: bytes) -> tuple[link_pb2.CacheMessage, int]:
-    message = CacheMessage.FromString(data)
-    if message.WhichOneof("kind") is None:
-        raise MalformedHeader("unknown or empty link message from the cache")
+    message, _ = decodeEnvelope(CacheMessage, data, "link message from the cache")
     return message, 0
 
 
