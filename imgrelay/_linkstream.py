@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from imgrelay._linkwire import CREATE, MAX_CHUNK, ProxyMessage, chunkHeader, frame
+from imgrelay._linkwire import CREATE, MAX_CHUNK, VERSION, ProxyMessage, chunkHeader, frame
 from imgrelay._outbound import BadOffset, Buffer, OutboundLog
 from imgrelay._pb import link_pb2
 from imgrelay._pipes import PIPE_BLOCK, BufferRing
@@ -107,8 +107,6 @@ class LinkStream:
         """
         @return: The hello a new connection opens with.
         """
-        from imgrelay._linkwire import VERSION
-
         return ProxyMessage(
             hello=link_pb2.Hello(
                 version=VERSION, session=self.session.name, resume_token=self.token,
