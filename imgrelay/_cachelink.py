@@ -524,6 +524,15 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         remaining = self.stream.framer.payloadRemaining
         return self.stream.state.chunkTarget(remaining) if remaining else None
 
+    def payloadRemaining(self) -> int:
+        """
+        See L{IPayloadReceiver.payloadRemaining}.
+        """
+        if not self._attached:
+            return 0
+        assert self.stream is not None
+        return self.stream.framer.payloadRemaining
+
     def payloadReceived(self, n: int) -> None:
         """
         See L{IPayloadReceiver.payloadReceived}.

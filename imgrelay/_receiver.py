@@ -1,8 +1,17 @@
 # -*- test-case-name: tests.test_receiver -*-
 """
 How the cache reads its link: inside a chunk's payload, straight into the
-image's memory with C{recv_into}; between payloads, headers in small reads
-fed to the framer.
+image's memory; between payloads, headers in small reads fed to the
+framer.
+
+Inside a payload the socket's low-water mark (C{SO_RCVLOWAT}) is raised to
+what is left of it (up to L{LOW_WATER_MAX}), so the reactor wakes the
+receiver once the rest of the chunk is there rather than for every piece
+that arrives: the payload is read with one call, along with whatever
+follows it (the next header, in a spare buffer). That halves the wake-ups
+and reads per chunk, and with them the Python run for each. The kernel
+still wakes the reader early if its receive window would otherwise close,
+and at the end of the stream.
 
 Twisted's transport reads into a new string every time, which the image
 store then had to copy again. L{SocketReceiver} reads a duplicate of the
@@ -24,6 +33,12 @@ from zope.interface import Interface
 #: The read size between payloads: headers, and small payloads with them.
 HEADER_READ = 64 << 10
 
+#: Inside a payload, wait for at most this much of it before reading.
+LOW_WATER_MAX = 1 << 20
+
+#: A payload with less than this left is read as it comes.
+LOW_WATER_MIN = 64 << 10
+
 
 class IPayloadReceiver(Interface):
     """
@@ -39,6 +54,12 @@ class IPayloadReceiver(Interface):
     def payloadReceived(n: int) -> None:
         """
         C{n} bytes were received at the start of the last target.
+        """
+
+    def payloadRemaining() -> int:
+        """
+        How many bytes of the current payload are still to come (0 between
+        payloads): the receiver waits for them before reading.
         """
 
     def dataReceived(data: bytes) -> None:
@@ -67,6 +88,8 @@ class SocketReceiver(abstract.FileDescriptor):
         abstract.FileDescriptor.__init__(self, reactor)
         self._sock = sock
         self._receiver = receiver
+        self._spare = bytearray(HEADER_READ)
+        self._lowWater = 1
         self.connected = 1
 
     @classmethod
@@ -95,25 +118,42 @@ class SocketReceiver(abstract.FileDescriptor):
 
     def doRead(self) -> Optional[BaseException]:
         """
-        Read into the payload's place, or read headers.
+        Read into the payload's place (and what follows it into the spare
+        buffer), or read headers.
         """
-        target = self._receiver.payloadTarget()
+        receiver = self._receiver
+        target = receiver.payloadTarget()
         try:
             if target is not None:
-                n = self._sock.recv_into(target)
-                if n:
-                    self._receiver.payloadReceived(n)
-                    return None
+                n = self._sock.recvmsg_into([target, self._spare])[0]
+                if not n:
+                    return main.CONNECTION_DONE
+                inTarget = min(n, len(target))
+                receiver.payloadReceived(inTarget)
+                if n > inTarget and self.connected:
+                    receiver.dataReceived(bytes(memoryview(self._spare)[: n - inTarget]))
             else:
                 data = self._sock.recv(HEADER_READ)
-                if data:
-                    self._receiver.dataReceived(data)
-                    return None
+                if not data:
+                    return main.CONNECTION_DONE
+                receiver.dataReceived(data)
+            if self.connected:
+                self._setLowWater(receiver.payloadRemaining())
         except BlockingIOError:
             return None
         except OSError as e:
             return error.ConnectionLost(str(e))
-        return main.CONNECTION_DONE
+        return None
+
+    def _setLowWater(self, remaining: int) -> None:
+        """
+        Wake up for the rest of the current payload at once, or for any byte
+        between payloads.
+        """
+        mark = min(remaining, LOW_WATER_MAX) if remaining >= LOW_WATER_MIN else 1
+        if mark != self._lowWater:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+            self._lowWater = mark
 
     def connectionLost(self, reason: Failure) -> None:
         """

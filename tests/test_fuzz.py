@@ -488,9 +488,9 @@ _readSizes = st.one_of(st.none(), st.integers(1, 100), st.just(HEADER_READ))
 def _receive(case: SynchronousTestCase, protocol: CacheLinkProtocol, data: bytes, readSize: int) -> None:
     """
     Deliver C{data} as L{imgrelay._receiver.SocketReceiver.doRead} does, one
-    read at a time:
-    into L{CacheLinkProtocol.payloadTarget} when it offers one, else to
-    C{dataReceived}.
+    read at a time: into L{CacheLinkProtocol.payloadTarget} when it offers
+    one, and once that is full, up to C{readSize} bytes more (the spare
+    buffer) to C{dataReceived}; else C{readSize} bytes to C{dataReceived}.
     """
     view = memoryview(data)
     pos = 0
@@ -498,11 +498,15 @@ def _receive(case: SynchronousTestCase, protocol: CacheLinkProtocol, data: bytes
         target = protocol.payloadTarget()
         if target is not None:
             case.assertGreater(len(target), 0)
+            case.assertGreater(protocol.payloadRemaining(), 0)
             n = min(len(target), len(view) - pos, readSize)
             target[:n] = view[pos : pos + n]
             protocol.payloadReceived(n)
-        else:
-            n = min(readSize, len(view) - pos)
+            pos += n
+            if n < len(target):
+                continue
+        n = min(readSize, len(view) - pos)
+        if n:
             protocol.dataReceived(bytes(view[pos : pos + n]))
         pos += n
 
