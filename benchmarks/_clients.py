@@ -271,7 +271,7 @@ def runReader(
     spare = bytearray(BLOCK)
     queue = list(reversed(requests))
     asked: Optional[str] = None
-    pipes: dict[int, list] = {}  # type: ignore[type-arg]  # fd -> [name, start, pos, end, extra]
+    pipes: dict[int, list] = {}  # fd -> [name, start, pos, end, extra]
     while queue or asked is not None or pipes:
         if asked is None and queue and len(pipes) < MAX_OPEN:
             asked = queue.pop()[0]

@@ -188,7 +188,7 @@ def traceScaled(scale: float) -> Scenario:
 
     dump: list[Step] = []
 
-    def replay(event: dict, name: str) -> None:  # type: ignore[type-arg]
+    def replay(event: dict, name: str) -> None:
         if event["op"] == "open":
             s = spec(name, event["name"])
             dump.extend([Open(name), Write(name, 0, s.size // 2)])
