@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Optional
 
-from benchmarks import _profile, _scenarios
+from benchmarks import _perf, _profile, _scenarios
 from benchmarks._content import ReceiveBuffer, Source, expectedDigests, layout, layoutSize
 from benchmarks._report import details, table, targets
 from benchmarks._runner import SYSTEMS, BenchmarkError, RunResult, asDict, runOnce
@@ -52,6 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--system", default="baseline,imgrelay", help="which systems to run, of imgrelay,baseline,naive (naive: the baseline storing in a new bytearray per piece); default baseline,imgrelay")
     parser.add_argument("--imgrelay-path", metavar="DIR", help="run the daemons from this checkout of imgrelay (put first on their PYTHONPATH) instead of the installed one")
     parser.add_argument("--profile", metavar="DIR", help="record the processes under test with py-spy into DIR and print where their time went (slows them: not for the table)")
+    parser.add_argument("--perf", metavar="DIR", help="record the processes under test with Linux perf (kernel frames too: needs root) into DIR and print what their CPU time went to (slows them a little: not for the table)")
     parser.add_argument("--json", metavar="PATH", help="also write every run's raw measures here")
     args = parser.parse_args(argv)
     try:
@@ -82,7 +83,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if args.profile:
                         os.makedirs(args.profile, exist_ok=True)
                         prefix = os.path.join(os.path.abspath(args.profile), f"{sc.key}-{system}-run{run}")
-                    r = runOnce(system, sc, source, buffer, expected[sc.key], args.clients, prefix)
+                    perfPrefix = None
+                    if args.perf:
+                        os.makedirs(args.perf, exist_ok=True)
+                        perfPrefix = os.path.join(os.path.abspath(args.perf), f"{sc.key}-{system}-run{run}")
+                    r = runOnce(system, sc, source, buffer, expected[sc.key], args.clients, prefix, perfPrefix)
                     results.append(r)
                     _log(
                         f"run {run}/{args.runs} {sc.key:<8} {system:<9} {r.seconds:7.3f} s "
@@ -108,6 +113,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in sorted(os.listdir(args.profile)):
             if name.endswith(".txt"):
                 print(_profile.summary(os.path.join(args.profile, name)))
+    if args.perf:
+        print(f"\nwhat the CPU time went to (perf, from the start of the measured part; files in {args.perf}):")
+        for name in sorted(os.listdir(args.perf)):
+            if name.endswith(".perf"):
+                with open(os.path.join(args.perf, name.rsplit("-", 1)[0] + ".json")) as f:
+                    window = json.load(f)
+                print(_perf.summary(os.path.join(args.perf, name), window["since"], window["gib"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asDict(r) for r in results], f, indent=1)

@@ -6,6 +6,7 @@ reap, verify every byte.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import resource
@@ -19,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import attrs
 
-from benchmarks import _profile
+from benchmarks import _perf, _profile
 from benchmarks._clients import (
     ClientTimes, CriuDumper, CriuRestorer, DumpClient, PlainDumper, PlainRestorer, RestoreClient, runReader, runWriter,
 )
@@ -243,6 +244,7 @@ SYSTEMS: dict[str, Callable[[str], Processes]] = {
 def runOnce(
     system: str, scenario: Scenario, source: Source, buffer: ReceiveBuffer, expected: dict[str, bytes], clients: str,
     profile: Optional[str] = None,
+    perfPrefix: Optional[str] = None,
 ) -> RunResult:
     """
     Run one scenario once through one system, and verify it.
@@ -252,6 +254,9 @@ def runOnce(
     @param clients: C{"process"} or C{"thread"}: how writer and reader run.
     @param profile: A path prefix: record both processes with py-spy into
         C{PREFIX-dump.txt} and C{PREFIX-restore.txt}.
+    @param perfPrefix: A path prefix: record both processes with perf into
+        C{PREFIX-dump.perf} and C{PREFIX-restore.perf}, and the start of the
+        measured part and the GiB moved into C{PREFIX.json}.
     @raise BenchmarkError: If anything failed or any byte differs.
     """
     base = tempfile.mkdtemp(prefix=f"imgrelay-bench-{system}-")
@@ -269,7 +274,13 @@ def runOnce(
                 _profile.attach(procs.dumpSide.pid, f"{profile}-dump.txt"),
                 _profile.attach(procs.restoreSide.pid, f"{profile}-restore.txt"),
             ]
-            time.sleep(0.5)  # let py-spy attach
+        if perfPrefix is not None:
+            recorders += [
+                _perf.attach(procs.dumpSide.pid, f"{perfPrefix}-dump.perf"),
+                _perf.attach(procs.restoreSide.pid, f"{perfPrefix}-restore.perf"),
+            ]
+        if recorders:
+            time.sleep(0.5)  # let the recorders attach
         def read(who: int) -> ClientTimes:
             buffer.prefault(layoutSize(places))
             started: Optional[float] = None
@@ -289,6 +300,9 @@ def runOnce(
             time.sleep(0.05)  # let the first request reach the restore side
         procs.dumpSide.markStart()
         procs.restoreSide.markStart()
+        if perfPrefix is not None:
+            with open(f"{perfPrefix}.json", "w") as f:
+                json.dump({"since": time.monotonic(), "gib": scenario.totalBytes / 2**30}, f)
         writer = Worker(lambda who: runWriter(procs.dumpClient(procs.capture), source, images, scenario.dump, who), clients)
         workers.append(writer)
         timeout = 60 + scenario.totalBytes / MIN_RATE
