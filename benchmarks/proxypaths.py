@@ -142,19 +142,16 @@ def relay(way: str, r: int, sock: int) -> int:
         while True:
             view = views[i % len(views)]
             i += 1
-            if way == "copy":
+            if way in ("copy", "vmsplice"):
                 n = os.readv(r, [view])
                 if not n:
                     return crc
                 crc = crc32c(view[:n], crc)
+            if way == "copy":
                 sent = 0
                 while sent < n:
                     sent += os.writev(sock, [view[sent:n]])
             elif way == "vmsplice":
-                n = os.readv(r, [view])
-                if not n:
-                    return crc
-                crc = crc32c(view[:n], crc)
                 handed = 0
                 while handed < n:
                     piece = (ctypes.c_char * (n - handed)).from_buffer(buffers[(i - 1) % len(buffers)], handed)

@@ -97,6 +97,19 @@ class SocketReceiverTests(TestCase):
         self.addCleanup(receiver.close)
         return receiver
 
+    def startedPayload(self, size: int) -> tuple[Payload, SocketReceiver]:
+        """
+        @return: A receiver that has read the first 100 bytes of a payload
+            of C{size}, and its payload.
+        """
+        payload = Payload(size)
+        receiver = self.receiver(payload)
+        self.theirs.sendall(b"x" * 100)
+        self.assertTrue(readable(self.ours, 10))
+        receiver.doRead()
+        self.assertEqual(payload.filled, 100)
+        return payload, receiver
+
     def test_interface(self) -> None:
         """
         The test's receiver provides the interface the cache link does.
@@ -136,12 +149,7 @@ class SocketReceiverTests(TestCase):
         the mark is back to one byte.
         """
         size = LOW_WATER_MIN * 4
-        payload = Payload(size)
-        receiver = self.receiver(payload)
-        self.theirs.sendall(b"x" * 100)
-        self.assertTrue(readable(self.ours, 10))
-        receiver.doRead()
-        self.assertEqual(payload.filled, 100)
+        payload, receiver = self.startedPayload(size)
         self.assertEqual(lowWater(self.ours), size - 100)
         self.theirs.sendall(b"y" * (size - 100))
         self.assertTrue(readable(self.ours, 10))
@@ -178,11 +186,7 @@ class SocketReceiverTests(TestCase):
         piece that arrives.
         """
         size = LOW_WATER_MIN * 4
-        payload = Payload(size)
-        receiver = self.receiver(payload)
-        self.theirs.sendall(b"x" * 100)
-        self.assertTrue(readable(self.ours, 10))
-        receiver.doRead()
+        payload, receiver = self.startedPayload(size)
         self.theirs.sendall(b"y" * 1000)
         self.assertFalse(readable(self.ours, 0.05))
         self.theirs.sendall(b"z" * (size - 1100))
@@ -196,12 +200,7 @@ class SocketReceiverTests(TestCase):
         A peer that closes in the middle of a payload is noticed although
         the rest of the payload never comes.
         """
-        payload = Payload(LOW_WATER_MIN * 4)
-        receiver = SocketReceiver(self.ours, reactor, payload)
-        self.addCleanup(receiver.close)
-        self.theirs.sendall(b"x" * 100)
-        self.assertTrue(readable(self.ours, 10))
-        receiver.doRead()
+        payload, receiver = self.startedPayload(LOW_WATER_MIN * 4)
         self.assertGreater(lowWater(self.ours), 1)
         self.theirs.sendall(b"y" * 50)
         self.theirs.close()
