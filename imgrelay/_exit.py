@@ -1,8 +1,16 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 Ending a C{--oneshot} daemon with an exit status: twistd itself always
-exits 0 once the reactor stops, so a failure status is applied at
-interpreter exit, after twistd has cleaned up.
+exits 0 once the reactor stops, so the status is applied at interpreter
+exit, after twistd has cleaned up (its log written, its pid file removed).
+
+The process then ends at once (C{os._exit}), without the interpreter's own
+teardown: a last garbage collection over every object twistd, Twisted and
+protobuf made, and the clearing of every module. Nothing of that matters
+to a process that is done, and it cost each daemon about 0.05 CPU seconds
+and as long before its exit status reached whoever waits for it (a
+migration script waits for the proxy's, to know the cache verified
+everything).
 """
 
 from __future__ import annotations
@@ -35,8 +43,7 @@ def stopWithStatus(reactor: Any, status: int) -> None:
     if _status:
         return
     _status.append(status)
-    if status:
-        atexit.register(_exitWithStatus)
+    atexit.register(_exitWithStatus)
     if reactor.running:
         reactor.stop()
     else:

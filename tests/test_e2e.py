@@ -96,7 +96,8 @@ class EndToEndTests(_DaemonCase):
         """
         A 256 MiB image and 300 small files, restored while they are dumped,
         arrive byte for byte; with C{--oneshot} both daemons exit 0, and
-        both local sockets are removed.
+        both local sockets are removed. Their logs end with twistd's own
+        last line: ending without the interpreter's teardown loses none.
         """
         cache = self.cache("--oneshot")
         proxy = self.proxy("--oneshot")
@@ -110,6 +111,8 @@ class EndToEndTests(_DaemonCase):
         self.assertFalse(os.path.exists(self.capture))
         self.assertFalse(os.path.exists(self.serve))
         self.assertIn("complete, cache confirmed 301 images", proxy.log())
+        for daemon in (proxy, cache):
+            self.assertTrue(daemon.log().rstrip().endswith("Server Shut Down."), daemon.log()[-500:])
 
     def test_statusFdAndHttp(self) -> None:
         """

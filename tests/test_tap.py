@@ -163,14 +163,15 @@ class ExitTests(SynchronousTestCase):
 
     def test_success(self) -> None:
         """
-        Status 0 only stops the reactor: twistd exits 0 by itself.
+        Status 0 is applied at interpreter exit too, so that the process
+        skips the interpreter's teardown.
         """
         reactor = MemoryReactorClock()
         reactor.running = True
         stopped: list[bool] = []
         self.patch(reactor, "stop", lambda: stopped.append(True))
         _exit.stopWithStatus(reactor, 0)
-        self.assertEqual((stopped, self.registered), ([True], []))
+        self.assertEqual((stopped, self.registered, _exit._status), ([True], [_exit._exitWithStatus], [0]))
 
 
 class ProtocolAndLinkOptionsTests(SynchronousTestCase):
