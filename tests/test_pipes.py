@@ -257,3 +257,21 @@ class BufferRingTests(TestCase):
         self.assertIsNone(await ended)
         self.assertEqual(kinds, [bytes])
         self.assertEqual((len(ring._free), len(ring._busy)), (1, 0))
+
+    async def test_mediumReadsCopied(self) -> None:
+        """
+        A read of a few hundred KiB (a small process's pages image) is
+        copied out too: each such read held a whole 1 MiB buffer until the
+        cache's next report, and made the ring allocate a new one.
+        """
+        r, w = os.pipe()
+        ring = BufferRing(lambda: 0, lambda: 0)
+        kinds: list[type] = []
+        ended: Deferred[Optional[Exception]] = Deferred()
+        reader = PipeReader(r, reactor, lambda data: kinds.append(type(data)), ended.callback, ring=ring)
+        reader.resumeProducing()
+        writeAll(w, patternBytes("medium", 200 << 10))
+        os.close(w)
+        self.assertIsNone(await ended)
+        self.assertEqual(kinds, [bytes])
+        self.assertEqual((len(ring._free), len(ring._busy)), (1, 0))
