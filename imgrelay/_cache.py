@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cache -*-
+# -*- test-case-name: tests.test_stream,tests.test_tap -*-
 """
 imgrelay-cache as a service: accept links from proxies into memory, and
 serve CRIU's restore from a local socket.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_store,tests.test_proxysession -*-
 """
 The seams between imgrelay's local protocols (what CRIU speaks) and its link
 (what the proxy and cache speak), so that either local protocol can sit on

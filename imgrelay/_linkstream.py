@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_linkstream -*-
+# -*- test-case-name: tests.test_resume,tests.test_proxylink -*-
 """
 One session's side of the link as the proxy keeps it across connections.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reconnect -*-
+# -*- test-case-name: tests.test_resume -*-
 """
 Keep one session's link to the cache up: connect, and after a broken
 connection connect again with exponential back-off (L{ClientService}), so

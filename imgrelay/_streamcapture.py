@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streamcapture -*-
+# -*- test-case-name: tests.test_stream,tests.test_fuzz -*-
 """
 The proxy's local side for CRIU's C{--stream} dump: CRIU connects to
 C{DIR/streamer-capture.sock}, names each image and passes the read end of a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streamserve -*-
+# -*- test-case-name: tests.test_stream,tests.test_fuzz -*-
 """
 The cache's local side for CRIU's C{--stream} restore: CRIU connects to
 C{DIR/streamer-serve.sock} and asks for images one by one; for each that
