@@ -127,8 +127,7 @@ class ObservingService(MultiService):
             self._loop.start(self.options.progressInterval, now=False)
         names = list(self._listening)
         d = gatherResults([whenListening(self._listening[n]) for n in names], consumeErrors=True)
-        d.addCallback(lambda addresses: self.emit({"event": "listening", "daemon": self.stats.daemon,
-                                                   **dict(zip(names, addresses))}))
+        d.addCallback(lambda addresses: self.emit({"event": "listening", **dict(zip(names, addresses))}))
         d.addErrback(lambda f: self.log.failure("cannot report the listening addresses", f))
 
     def stopService(self) -> Any:
@@ -149,10 +148,13 @@ class ObservingService(MultiService):
 
     def emit(self, event: dict[str, Any]) -> None:
         """
-        Write one event to the status fd, if there is one.
+        Write one event to the status fd, if there is one, naming the daemon
+        (C{"proxy"} or C{"cache"}) so that one reader can take both
+        daemons' lines.
         """
         if self.statusWriter is not None:
-            self.statusWriter.writeLine(json.dumps(event).encode() + b"\n")
+            line = {"event": event["event"], "daemon": self.stats.daemon, **event}
+            self.statusWriter.writeLine(json.dumps(line).encode() + b"\n")
 
     def _progress(self) -> None:
         for session in self.stats.sample():

@@ -154,7 +154,8 @@ class ObservingServiceTests(SynchronousTestCase):
         """
         The status fd gets, one JSON object per line and in order: the
         listening addresses, a session's first image, its completion with
-        its record, and another's failure with its cause.
+        its record, and another's failure with its cause; each names the
+        daemon.
         """
         r, w = self.statusPipe()
         self.service(statusFd=w)
@@ -168,7 +169,8 @@ class ObservingServiceTests(SynchronousTestCase):
             [e["event"] for e in events], ["listening", "first-image", "complete", "failed"]
         )
         self.assertEqual(events[0], {"event": "listening", "daemon": "cache", "link": {"host": "0.0.0.0", "port": 7070}})
-        self.assertEqual(events[1], {"event": "first-image", "session": "a"})
+        self.assertEqual(events[1], {"event": "first-image", "daemon": "cache", "session": "a"})
+        self.assertEqual({e["daemon"] for e in events}, {"cache"})
         self.assertEqual((events[2]["session"], events[2]["stats"]["images"], events[2]["stats"]["bytes"]), ("a", 2, 10))
         self.assertEqual((events[3]["session"], events[3]["cause"]), ("b", "link lost"))
 
