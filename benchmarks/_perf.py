@@ -65,7 +65,7 @@ def _samples(path: str) -> Iterator[tuple[float, list[tuple[str, str]]]]:
         object) pairs.
     """
     out = subprocess.run(
-        ["perf", "script", "-i", path, "-F", "time,ip,sym,dso"], capture_output=True, text=True, check=True,
+        [perf() or "perf", "script", "-i", path, "-F", "time,ip,sym,dso"], capture_output=True, text=True, check=True,
     ).stdout
     when: Optional[float] = None
     chain: list[tuple[str, str]] = []

@@ -8,8 +8,9 @@ Inside a payload the socket's low-water mark (C{SO_RCVLOWAT}) is raised to
 what is left of it (up to L{LOW_WATER_MAX}), so the reactor wakes the
 receiver once the rest of the chunk is there rather than for every piece
 that arrives: the payload is read with one call, along with whatever
-follows it (the next header, in a spare buffer). That halves the wake-ups
-and reads per chunk, and with them the Python run for each. The kernel
+follows it (the next header, in a spare buffer). With 1 MiB chunks that
+halved the reads and cut the wake-ups by two fifths, and with them the
+Python run for each. The kernel
 still wakes the reader early if its receive window would otherwise close,
 and at the end of the stream.
 
