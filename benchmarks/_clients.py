@@ -19,7 +19,7 @@ import attrs
 
 from benchmarks._content import BLOCK, ImageSpec, Source, pieces
 from benchmarks._scenarios import Close, Eof, Open, Step, Together, Write
-from imgrelay._pb.criu_pb2 import StreamReply, StreamRequest
+from imgrelay.wire.pb.criu_pb2 import StreamReply, StreamRequest
 from imgrelay.testing import criu
 
 #: How long a reader or writer waits without progress before it fails.

@@ -12,14 +12,14 @@ The services are public API, to add to any Twisted application::
     cacheService("/run/mig", "tcp:7070").setServiceParent(app)
 """
 
-from imgrelay._cache import CacheService, cacheService
-from imgrelay._errors import ProtocolError, SessionError
-from imgrelay._limits import Limits
-from imgrelay._observe import Observability
-from imgrelay._proxy import ProxyService, proxyService
-from imgrelay._proxysession import SessionOutcome
-from imgrelay._store import Session, SessionState
-from imgrelay._tls import TLSFiles
+from imgrelay.cache.service import CacheService, cacheService
+from imgrelay.core.errors import ProtocolError, SessionError
+from imgrelay.core.limits import Limits
+from imgrelay.observe.service import Observability
+from imgrelay.proxy.service import ProxyService, proxyService
+from imgrelay.proxy.session import SessionOutcome
+from imgrelay.core.store import Session, SessionState
+from imgrelay.transport.tls import TLSFiles
 
 __version__ = "0.1.0"
 

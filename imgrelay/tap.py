@@ -16,19 +16,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from imgrelay._cache import cacheService
-from imgrelay._cachelink import DEFAULT_RESUME_TIMEOUT
-from imgrelay._exit import stopWithStatus
-from imgrelay._limits import Limits, parseSize
-from imgrelay._linkstream import DEFAULT_WINDOW, MIN_WINDOW
-from imgrelay._localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
-from imgrelay._observe import Observability
-from imgrelay._proxy import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
-from imgrelay._proxysession import SessionOutcome
-from imgrelay._reconnect import DEFAULT_GIVE_UP
-from imgrelay._registry import DEFAULT_MAX_SESSIONS
-from imgrelay._store import Session, SessionState
-from imgrelay._tls import TLSFiles, hostOf, load
+from imgrelay.cache.service import cacheService
+from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT
+from imgrelay.daemon import stopWithStatus
+from imgrelay.core.limits import Limits, parseSize
+from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW
+from imgrelay.transport.localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, parseMode
+from imgrelay.observe.service import Observability
+from imgrelay.proxy.service import LINKS, PROTOCOLS, ProxyService, defaultSessionName, proxyService
+from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP
+from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
+from imgrelay.core.store import Session, SessionState
+from imgrelay.transport.tls import TLSFiles, hostOf, load
 
 log = Logger(namespace="imgrelay")
 

@@ -1,6 +1,6 @@
 """
 Tests for L{imgrelay.tap}: the twistd plugins' options and services, and
-L{imgrelay._exit}.
+L{imgrelay.daemon}.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from imgrelay import _exit
-from imgrelay._cache import CacheService
-from imgrelay._names import checkSessionDirName
-from imgrelay._observe import Observability
-from imgrelay._proxy import ProxyService, defaultSessionName
+from imgrelay import daemon as _exit
+from imgrelay.cache.service import CacheService
+from imgrelay.core.names import checkSessionDirName
+from imgrelay.observe.service import Observability
+from imgrelay.proxy.service import ProxyService, defaultSessionName
 from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
 
 

@@ -18,7 +18,7 @@ import struct
 from importlib import resources
 from typing import Any, Iterable, Iterator, Optional
 
-from imgrelay._pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord, StreamReply, StreamRequest
+from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord, StreamReply, StreamRequest
 
 #: How much the client writes or reads at once.
 BLOCK = 1 << 20

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.e2e.test_e2e -*-
 """
 Run the real twistd plugins as subprocesses, for the end-to-end tests, the
 demo and the benchmarks. Blocking: use it from a thread or a plain script.

@@ -1,0 +1,3 @@
+"""
+The C{imgrelay} command: C{send}, C{fetch} and C{status}.
+"""

@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.core.test_limits -*-
+"""
+The limits that keep a peer, faulty or hostile, from making a daemon hold
+more than it should. Each has a safe default, is configurable, and ends
+only the offending connection or session, with a log line naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from imgrelay.wire.framing import DEFAULT_MAX_HEADER
+from imgrelay.core.names import MAX_NAME
+
+
+@attrs.frozen
+class Limits:
+    """
+    @ivar maxImages: Images in one session (all snapshots together).
+    @ivar maxSessionBytes: Bytes in one session.
+    @ivar maxLocalConnections: Local (CRIU) connections open at once on
+        one socket.
+    @ivar maxHeaderSize: The longest message header accepted from a peer
+        (link or CRIU), in bytes.
+    @ivar maxNameLength: The longest image name accepted, in UTF-8 bytes.
+    """
+
+    maxImages: int = 100_000
+    maxSessionBytes: int = 1 << 40
+    maxLocalConnections: int = 256
+    maxHeaderSize: int = DEFAULT_MAX_HEADER
+    maxNameLength: int = MAX_NAME
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parseSize(value: str) -> int:
+    """
+    @param value: A number of bytes, with an optional suffix K, M, G or T
+        (powers of 1024, an optional trailing C{B} or C{iB} allowed).
+    @return: The bytes, at least 1.
+    @raise ValueError: For anything else.
+    """
+    text = value.strip().upper()
+    for tail in ("IB", "B"):
+        if text.endswith(tail) and len(text) > len(tail):
+            text = text[: -len(tail)]
+            break
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"{value!r} is not a size such as 20G or 512M")
+    size = int(number) * _UNITS[unit]
+    if size < 1:
+        raise ValueError(f"{value!r} is not a positive size")
+    return size
+
+
+def limitsOf(protocol: Protocol) -> Limits:
+    """
+    @return: The limits of C{protocol}'s factory, or the defaults.
+    """
+    factory = getattr(protocol, "factory", None)
+    return factory.limits if isinstance(factory, CountedFactory) else Limits()
+
+
+class CountedFactory:
+    """
+    A mixin for the local sockets' factories: beyond C{limit} connections
+    at once, a new one is closed at once with a log line.
+
+    Protocols call L{connectionClosed} from C{connectionLost}.
+
+    @ivar limits: The daemon's limits; protocols read the header size and
+        the name length from here.
+    """
+
+    log = Logger()
+    connectionLimit: Optional[int] = None
+    limits: Limits = Limits()
+    openConnections = 0
+
+    def admit(self, addr: Any) -> bool:
+        """
+        @return: Whether a new connection may be served.
+        """
+        limit = self.connectionLimit
+        if limit is not None and self.openConnections >= limit:
+            self.log.error(
+                "local connection refused: {count} already open, the limit (--max-local-connections)",
+                count=self.openConnections,
+            )
+            return False
+        self.openConnections += 1
+        return True
+
+    def connectionClosed(self, protocol: Protocol) -> None:
+        """
+        A connection this factory admitted closed.
+        """
+        self.openConnections -= 1

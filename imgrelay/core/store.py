@@ -1,0 +1,444 @@
+# -*- test-case-name: tests.core.test_store -*-
+"""
+The cache's memory: sessions, their verified images, and the restore
+requests waiting for images that are not verified yet.
+
+Nothing here does I/O; a waiter is a L{Deferred} that fires when the image
+is verified, or with None once it is certain it never will be.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Callable, Optional
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imgrelay.core.errors import SessionError
+from imgrelay.core.imagedata import ImageData
+from imgrelay.core.integrity import ManifestEntry
+from imgrelay.core.interfaces import IImageSource, ISessionClaims
+
+@attrs.define
+class Image:
+    """
+    A verified image.
+
+    @ivar snapshotId: The snapshot it belongs to (C{""} for C{--stream}).
+    @ivar name: Its file name.
+    @ivar data: Its content.
+    @ivar crc: Its CRC-32C.
+    """
+
+    snapshotId: str
+    name: str
+    data: ImageData
+    crc: int
+
+    @property
+    def size(self) -> int:
+        """
+        @return: The image's length.
+        """
+        return self.data.size
+
+    def manifestEntry(self) -> ManifestEntry:
+        """
+        @return: What the final handshake counts of this image.
+        """
+        return ManifestEntry(self.snapshotId, self.name, self.size, self.crc)
+
+
+class SessionState(Enum):
+    """
+    Where a session stands.
+    """
+
+    WAITING = "waiting"  # no link has claimed it yet
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+Key = tuple[str, str]
+
+
+@implementer(IImageSource)
+class Session:
+    """
+    One migration as the cache holds it.
+
+    @ivar name: The name the proxy gave, None until a link claims it.
+    @ivar state: A L{SessionState}.
+    @ivar failure: Why it failed, if it did.
+    @ivar failureKind: What kind of error failed it: C{checksum},
+        C{protocol} or C{other}.
+    @ivar received: Bytes of image content the link brought so far,
+        verified or not.
+    @ivar images: The verified images by (snapshot id, name): the latest
+        version of each.
+    @ivar snapshots: The snapshot list (CRIU's "parent"), in push order.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name: Optional[str] = None
+        self.state = SessionState.WAITING
+        self.failure: Optional[str] = None
+        self.failureKind: Optional[str] = None
+        self.received = 0
+        self._imageObservers: list[Callable[[Image], None]] = []
+        self.images: dict[Key, Image] = {}
+        self.snapshots: list[str] = []
+        self._arriving: dict[Key, int] = {}
+        self._waiters: dict[Key, list[Deferred[Optional[Image]]]] = {}
+        self._snapshotWaiters: list[Deferred[Optional[list[str]]]] = []
+        self._clock = clock
+        self.started: Optional[float] = None
+        self.ended: Optional[float] = None
+        self.restores = 0
+        #: How many restores attached to it in all.
+        self.restoresAttached = 0
+        self.consumed = False
+        #: Answer no read before the session is final (a link that cannot
+        #: tell when a later version of an image is coming).
+        self.readsWaitForEnd = False
+        self._finalObservers: list[Callable[[Session], None]] = []
+
+    @property
+    def final(self) -> bool:
+        """
+        Whether the session is complete or failed: nothing will change.
+        """
+        return self.state in (SessionState.COMPLETE, SessionState.FAILED)
+
+    @property
+    def bytes(self) -> int:
+        """
+        @return: The bytes of every verified image.
+        """
+        return sum(i.size for i in self.images.values())
+
+    @property
+    def inFlight(self) -> int:
+        """
+        @return: How many images are on their way, not verified yet.
+        """
+        return sum(self._arriving.values())
+
+    def countReceived(self, n: int) -> None:
+        """
+        C{n} more bytes of image content arrived (for the statistics).
+        """
+        self.received += n
+
+    def addImageObserver(self, observer: Callable[[Image], None]) -> None:
+        """
+        Call C{observer} with each image once it is verified.
+        """
+        self._imageObservers.append(observer)
+
+    def claim(self, name: str) -> None:
+        """
+        A link starts sending this session.
+        """
+        self.name = name
+        self.state = SessionState.RECEIVING
+        self.started = self._clock()
+
+    def has(self, snapshotId: str, name: str) -> bool:
+        """
+        @return: Whether that image is verified here.
+        """
+        return (snapshotId, name) in self.images
+
+    def expects(self, snapshotId: str, name: str) -> bool:
+        """
+        Whether that image is verified here or on its way.
+        """
+        key = (snapshotId, name)
+        return key in self.images or key in self._arriving
+
+    def arriving(self, snapshotId: str, name: str) -> None:
+        """
+        A new version of that image is on its way: requests for it wait for
+        that version rather than take an earlier one.
+        """
+        key = (snapshotId, name)
+        self._arriving[key] = self._arriving.get(key, 0) + 1
+
+    def notArriving(self, snapshotId: str, name: str) -> None:
+        """
+        Undo one L{arriving}: that version will not come (or is announced
+        again).
+        """
+        key = (snapshotId, name)
+        left = self._arriving.get(key, 0) - 1
+        if left > 0:
+            self._arriving[key] = left
+        else:
+            self._arriving.pop(key, None)
+
+    def addVerified(self, image: Image) -> None:
+        """
+        Keep a verified image (replacing any earlier version) and wake
+        everyone waiting for it.
+        """
+        key = (image.snapshotId, image.name)
+        self.images[key] = image
+        self.notArriving(*key)
+        for observer in self._imageObservers:
+            observer(image)
+        if key in self._arriving or self.readsWaitForEnd:
+            # A later version is (or may be) on its way: requests wait.
+            return
+        for d in self._waiters.pop(key, []):
+            d.callback(image)
+
+    def waitImage(self, snapshotId: str, name: str) -> Deferred[Optional[Image]]:
+        """
+        See L{IImageSource.waitImage}.
+        """
+        key = (snapshotId, name)
+        image = self.images.get(key)
+        if self.final or (image is not None and key not in self._arriving and not self.readsWaitForEnd):
+            return succeed(image)
+        d: Deferred[Optional[Image]] = Deferred()
+        self._waiters.setdefault(key, []).append(d)
+        return d
+
+    def pushSnapshot(self, snapshotId: str) -> None:
+        """
+        Add a snapshot id to the snapshot list.
+        """
+        self.snapshots.append(snapshotId)
+
+    def waitSnapshots(self) -> Deferred[Optional[list[str]]]:
+        """
+        The complete snapshot list, once the session is complete (None if
+        it failed): only then is it certain no snapshot is still to come.
+        """
+        if self.final:
+            return succeed(list(self.snapshots) if self.state is SessionState.COMPLETE else None)
+        d: Deferred[Optional[list[str]]] = Deferred()
+        self._snapshotWaiters.append(d)
+        return d
+
+    @property
+    def waiting(self) -> int:
+        """
+        @return: How many requests wait for an image.
+        """
+        return sum(len(ds) for ds in self._waiters.values())
+
+    def addFinalObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with this session once it is complete or failed.
+        """
+        self._finalObservers.append(observer)
+
+    def _end(self, state: SessionState) -> None:
+        self.state = state
+        self.ended = self._clock()
+        waiters, self._waiters = self._waiters, {}
+        for key, ds in waiters.items():
+            for d in ds:
+                d.callback(self.images.get(key))
+        snapshotWaiters, self._snapshotWaiters = self._snapshotWaiters, []
+        for s in snapshotWaiters:
+            s.callback(list(self.snapshots) if state is SessionState.COMPLETE else None)
+        observers, self._finalObservers = self._finalObservers, []
+        for observer in observers:
+            observer(self)
+
+    def complete(self) -> None:
+        """
+        The final handshake succeeded: images not here now never will be.
+        """
+        self._end(SessionState.COMPLETE)
+
+    def fail(self, reason: str, kind: str = "other") -> None:
+        """
+        The session failed: no image of it will be served from now on, and
+        every request waiting is told the image does not exist.
+
+        @param reason: Why.
+        @param kind: C{"checksum"} (an image's size or CRC-32C was wrong),
+            C{"protocol"} (the link broke the protocol or a limit), or
+            C{"other"}.
+        """
+        if self.final:
+            return
+        self.failure = reason
+        self.failureKind = kind
+        self.images.clear()
+        self._end(SessionState.FAILED)
+
+
+@implementer(ISessionClaims)
+class SessionSlot:
+    """
+    The session a cache serves from one images directory.
+
+    Restores attach to the current session, even before any proxy has
+    claimed it, so a restore may start before the dump. Once a session is
+    final and every restore attached to it has gone, it is kept C{retain}
+    seconds more (a restore attaching meanwhile reads it again, and the
+    count starts over when it leaves); then it is I{consumed}: its images
+    are dropped and a fresh session waits for the next proxy. A failed
+    session that no restore reads is consumed C{retain} seconds after it
+    failed, but stays current (holding no image) so that a restore
+    connecting later still learns of the failure, until the next proxy.
+
+    @ivar current: The session a restore connecting now would read.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        consumed: Callable[[Session], None] = lambda s: None,
+        clock: Callable[[], float] = time.monotonic,
+        retain: float = 0.0,
+        timer: Optional[IReactorTime] = None,
+        renew: bool = True,
+    ) -> None:
+        """
+        @param consumed: Called with each session once it is consumed.
+        @param clock: Where sessions read the time.
+        @param retain: Seconds a final session is kept after its last
+            restore left (or, failed, after it failed with none reading).
+        @param timer: Where that wait is scheduled; needed if C{retain} is
+            positive.
+        @param renew: Whether a fresh session replaces a consumed one; a
+            slot that serves one session name only and is dropped with it
+            keeps the consumed session, so that a restore attaching late
+            finds nothing.
+        @raise ValueError: For a positive C{retain} and no C{timer}.
+        """
+        if retain > 0 and timer is None:
+            raise ValueError("keeping sessions for a time needs a timer")
+        self._clock = clock
+        self._consumed = consumed
+        self._retain = retain
+        self._timer = timer
+        self._renew = renew
+        self._releases: dict[Session, IDelayedCall] = {}
+        self._claimObservers: list[Callable[[Session], None]] = []
+        self.current = self._fresh()
+
+    def _fresh(self) -> Session:
+        session = Session(self._clock)
+        session.addFinalObserver(self._final)
+        return session
+
+    def _final(self, session: Session) -> None:
+        if session.restores == 0 and session.state is SessionState.FAILED:
+            # Nobody is reading it; a restore that connects later still
+            # learns of the failure until the next proxy replaces it.
+            self._keep(session, renew=False)
+
+    def _keep(self, session: Session, renew: bool) -> None:
+        """
+        Consume C{session} after the retention time, unless a restore
+        attaches first.
+        """
+        self._cancel(session)
+        if self._retain <= 0:
+            self._consume(session, renew)
+        else:
+            assert self._timer is not None
+            self._releases[session] = self._timer.callLater(self._retain, self._consume, session, renew)
+
+    def _cancel(self, session: Session) -> None:
+        pending = self._releases.pop(session, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+
+    def _consume(self, session: Session, renew: bool = True) -> None:
+        self._cancel(session)
+        if renew and self._renew and session is self.current:
+            self.current = self._fresh()
+        if session.consumed:
+            return
+        session.consumed = True
+        session.images.clear()
+        self._consumed(session)
+
+    def stop(self) -> None:
+        """
+        The cache stops: sessions waiting for their retention time are
+        consumed now, and from now on none is kept.
+        """
+        self._retain = 0.0
+        for session in list(self._releases):
+            self._consume(session)
+
+    @property
+    def pendingReleases(self) -> int:
+        """
+        @return: How many final sessions wait for their retention time.
+        """
+        return len(self._releases)
+
+    def claim(self, name: str) -> Session:
+        """
+        A proxy starts session C{name}.
+
+        @return: The session its link fills.
+        @raise SessionError: If this slot cannot take it now.
+        """
+        current = self.current
+        if current.state is SessionState.RECEIVING:
+            raise SessionError(f"session {current.name!r} is still in progress")
+        if current.state is SessionState.COMPLETE and current.name == name and not current.consumed:
+            raise SessionError(f"session {name!r} is already complete")
+        if current.state is not SessionState.WAITING:
+            if current.state is SessionState.COMPLETE and not current.restoresAttached and not current.consumed:
+                self.log.warn(
+                    "session {old} was never restored; dropped for session {new}",
+                    old=current.name, new=name,
+                )
+            old, current = current, self._fresh()
+            self.current = current
+            current.claim(name)
+            if not old.restores:
+                # Restores still reading it consume it when they leave.
+                self._consume(old)
+        else:
+            current.claim(name)
+        for observer in self._claimObservers:
+            observer(current)
+        return current
+
+    def addClaimObserver(self, observer: Callable[[Session], None]) -> None:
+        """
+        Call C{observer} with each session once a proxy claimed it.
+        """
+        self._claimObservers.append(observer)
+
+    def attachRestore(self) -> Session:
+        """
+        A restore connected.
+
+        @return: The session it reads.
+        """
+        session = self.current
+        session.restores += 1
+        session.restoresAttached += 1
+        self._cancel(session)
+        return session
+
+    def detachRestore(self, session: Session) -> None:
+        """
+        A restore of C{session} disconnected and its pipes are written.
+        """
+        session.restores -= 1
+        if session.final and session.restores == 0:
+            self._keep(session, renew=True)

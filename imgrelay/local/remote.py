@@ -1,0 +1,497 @@
+# -*- test-case-name: tests.local.test_remote -*-
+"""
+CRIU's original remote-images protocol (C{criu dump|pre-dump|restore
+--remote}): one local connection per image operation, on
+C{img-proxy.sock} (dump side) and C{img-cache.sock} (restore side).
+
+The connection's header says what it is for (spec section 2): a write
+(content on a passed pipe, or on the socket itself when the snapshot id is
+empty), a read (answered with a local reply, then the content the same two
+ways), FINISH, or the snapshot list ("parent"). L{RemoteProtocol} speaks it;
+what a connection does to images is the business of an L{IRemoteBackend},
+one for each side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any, Optional
+
+from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from imgrelay.wire.criu import FD_BYTE, PREFIX, frame
+from imgrelay.core.errors import SessionError
+from imgrelay.wire.framing import (
+    DEFAULT_MAX_HEADER,
+    Framer,
+    FramingError,
+    HeaderReceived,
+    MalformedHeader,
+    PayloadChunk,
+    PayloadDone,
+)
+from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.core.limits import CountedFactory, Limits, limitsOf
+from imgrelay.core.names import BadName, checkId, checkImageName
+from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord
+from imgrelay.transport.pipes import PipeReader, PipeWriter
+from imgrelay.core.store import Image
+
+O_RDONLY = 0
+O_WRONLY = 1
+O_APPEND = 1024
+ENOENT = 2
+
+#: The name of the snapshot list.
+PARENT = "parent"
+
+#: Content that runs to the socket's end: a payload longer than any.
+_TO_EOF = 1 << 62
+
+#: How long a local connection may take to send its header and pipe.
+DEFAULT_IDLE_TIMEOUT = 30.0
+
+
+class IRemoteBackend(Interface):
+    """
+    What one side does with the operations of CRIU's remote protocol.
+    """
+
+    ready = Attribute("A Deferred that fires once operations can be served.")
+
+    def openImage(snapshotId: str, name: str, append: bool) -> Any:
+        """
+        A write or append begins.
+
+        @return: A Deferred firing with the L{IOutgoingImage} once its
+            content may flow, or failing with L{SessionError} if this side
+            takes no images.
+        """
+
+    def readImage(snapshotId: str, name: str) -> Any:
+        """
+        @return: A Deferred firing with the L{Image}, or None for ENOENT.
+        """
+
+    def pushSnapshot(snapshotId: str) -> None:
+        """
+        Add to the snapshot list.
+
+        @raise SessionError: If this side takes no snapshots.
+        """
+
+    def snapshots() -> Any:
+        """
+        @return: A Deferred firing with the snapshot list (None: ENOENT).
+        """
+
+    def finish(openMode: int) -> None:
+        """
+        FINISH arrived: C{openMode} 1 from a dump, 0 from a restore.
+        """
+
+    def connectionOpened() -> None:
+        """
+        A local connection was accepted; its header is still to come.
+        """
+
+    def headerDone() -> None:
+        """
+        A connection counted by L{connectionOpened} has parsed its header,
+        or ended without one.
+        """
+
+    def abort(reason: str) -> None:
+        """
+        An operation failed in a way that makes the session's images
+        untrustworthy (a write cut short).
+        """
+
+
+def _decodeHeader(data: bytes) -> tuple[LocalImageHeader, None]:
+    header = LocalImageHeader.FromString(data)
+    if not isinstance(header.name, str) or not isinstance(header.snapshot_id, str):
+        raise MalformedHeader("image name or snapshot id is not UTF-8")
+    return header, None
+
+
+def _decodeRecord(data: bytes) -> tuple[SnapshotIdRecord, int]:
+    record = SnapshotIdRecord.FromString(data)
+    if not isinstance(record.snapshot_id, str):
+        raise MalformedHeader("snapshot id is not UTF-8")
+    return record, 0
+
+
+def reply(error: int) -> bytes:
+    """
+    @return: A framed local reply.
+    """
+    return frame(LocalReply(error=error))
+
+
+@implementer(IFileDescriptorReceiver)
+class RemoteProtocol(Protocol, TimeoutMixin):
+    """
+    One local connection of CRIU's remote protocol.
+
+    @ivar expecting: What the bytes after the header are: C{"header"},
+        C{"content"} (an image's content up to the socket's end),
+        C{"records"} (snapshot ids up to the socket's end), C{"pipe"} (the
+        byte of a passed pipe), or C{"nothing"}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+    ) -> None:
+        """
+        @param backend: What the operations do.
+        @param reactor: Where pipes are read and written, and time kept.
+        @param idleTimeout: How long a client may take to send its header
+            and pipe; None for ever.
+        """
+        self._backend = backend
+        self._reactor = reactor
+        self._idleTimeout = idleTimeout
+        self._limits = Limits()
+        self._framer: Framer[Any] = Framer(_decodeHeader, PREFIX, DEFAULT_MAX_HEADER)
+        self._records: Framer[SnapshotIdRecord] = Framer(_decodeRecord, PREFIX, DEFAULT_MAX_HEADER)
+        self._fds: deque[int] = deque()
+        self.expecting = "header"
+        self._what = "header"
+        self._image: Optional[IOutgoingImage] = None
+        self._writing = False
+        self._held: list[bytes] = []
+        self._heldFd: Optional[int] = None
+        self._ended = False
+        self._headerPending = False
+        self._serving: Optional[Image] = None
+        self._parsing = False
+        self._done = False
+        self.callLater = reactor.callLater  # type: ignore[method-assign]
+
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def _producer(self) -> IPushProducer:
+        return IPushProducer(self._transport())
+
+    def connectionMade(self) -> None:
+        """
+        Hold the connection until the backend is ready; time out a client
+        that sends no header.
+        """
+        self._limits = limitsOf(self)
+        self._framer.maxHeaderSize = self._records.maxHeaderSize = self._limits.maxHeaderSize
+        self.setTimeout(self._idleTimeout)
+        self._headerPending = True
+        self._backend.connectionOpened()
+        self._producer().pauseProducing()
+        try:
+            ready = self._backend.ready
+        except SessionError as e:
+            self._fail(str(e))
+            return
+        ready.addCallbacks(self._ready, self._notReady)
+
+    def _ready(self, _: object) -> None:
+        if not self._done:
+            self._producer().resumeProducing()
+
+    def _notReady(self, failure: Failure) -> None:
+        if not self._done:
+            self._fail(f"session failed: {failure.getErrorMessage()}")
+
+    def timeoutConnection(self) -> None:
+        """
+        The client sent no complete header or pipe in time.
+        """
+        self._fail(f"nothing complete within {self._idleTimeout} s")
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        """
+        A pipe arrived; its byte follows.
+        """
+        if self._done:
+            os.close(descriptor)
+        else:
+            self._fds.append(descriptor)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse the header, then whatever the operation carries.
+        """
+        if self._done:
+            return
+        self._parsing = True
+        try:
+            for event in self._framer.feed(data):
+                if isinstance(event, HeaderReceived):
+                    self._header(event.message)
+                elif isinstance(event, PayloadChunk):
+                    self._payload(event.data)
+                elif isinstance(event, PayloadDone):
+                    self._pipeArrived()
+                if self._done:
+                    return
+        except (FramingError, BadName, SessionError) as e:
+            self._fail(str(e))
+        finally:
+            self._parsing = False
+
+    def _fail(self, reason: str) -> None:
+        self.log.error("remote connection, {what}: {reason}", what=self._what, reason=reason)
+        if self._image is not None:
+            # An image cut short is never taken as complete.
+            self._image = None
+            self._backend.abort(f"{self._what} failed: {reason}")
+        self._finish(abort=True)
+
+    def _finish(self, abort: bool = False) -> None:
+        self._done = True
+        self.setTimeout(None)
+        while self._fds:
+            os.close(self._fds.popleft())
+        transport = self._transport()
+        if abort:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            transport.loseConnection()
+
+    def _headerSeen(self) -> None:
+        if self._headerPending:
+            self._headerPending = False
+            self._backend.headerDone()
+
+    def _header(self, header: LocalImageHeader) -> None:
+        try:
+            self._handleHeader(header.name, header.snapshot_id, header.open_mode)
+        finally:
+            self._headerSeen()
+
+    def _handleHeader(self, name: str, snapshotId: str, mode: int) -> None:
+        checkId("snapshot id", snapshotId)
+        if not name and not snapshotId:
+            self._what = "finish"
+            self._backend.finish(mode)
+            self._framer.expectPayload(0)
+            self._finish()
+        elif name == PARENT and not snapshotId:
+            if mode == O_RDONLY:
+                self._what = "snapshot list read"
+                self._noMore()
+                self._backend.snapshots().addCallback(self._sendSnapshots)
+            else:
+                self._what = "snapshot list push"
+                self._content("records")
+        elif mode != O_RDONLY:
+            checkImageName(name, self._limits.maxNameLength)
+            self._what = f"write of {snapshotId}/{name}"
+            self._writing = True
+            if snapshotId:
+                self.expecting = "pipe"
+                self._framer.expectPayload(1)
+            else:
+                self._content("content")
+            # Nothing more is read until the image may be written.
+            self._producer().pauseProducing()
+            self._backend.openImage(snapshotId, name, bool(mode & O_APPEND)).addCallbacks(
+                self._imageOpened, self._imageRefused
+            )
+        else:
+            checkImageName(name, self._limits.maxNameLength)
+            self._what = f"read of {snapshotId}/{name}"
+            self._noMore()
+            self._backend.readImage(snapshotId, name).addCallback(self._answerRead, snapshotId)
+
+    def _content(self, what: str) -> None:
+        # Bytes up to the socket's end; the client is no longer idle.
+        self.expecting = what
+        self._framer.expectPayload(_TO_EOF)
+        self.setTimeout(None)
+
+    def _noMore(self) -> None:
+        # Nothing is to be read until the answer went out.
+        self.expecting = "nothing"
+        self.setTimeout(None)
+        self._producer().pauseProducing()
+
+    def _imageOpened(self, image: IOutgoingImage) -> None:
+        if self._heldFd is not None:
+            # The pipe came (and maybe the socket closed) while this version
+            # waited for its turn.
+            fd, self._heldFd = self._heldFd, None
+            self._readPipe(image, fd)
+            return
+        if self.expecting == "content":
+            held, self._held = self._held, []
+            for data in held:
+                image.write(data)
+            if self._ended:
+                image.close()
+                return
+        if self._done:
+            # The connection failed before the content could flow.
+            reason = f"{self._what}: the connection ended before its content"
+            self.log.error("remote connection: {reason}", reason=reason)
+            self._backend.abort(reason)
+            return
+        self._image = image
+        if self.expecting == "content":
+            image.attachProducer(self._producer())
+        self._producer().resumeProducing()
+        if not self._parsing:
+            self.dataReceived(b"")
+
+    def _imageRefused(self, failure: Failure) -> None:
+        if not self._done:
+            self._fail(failure.getErrorMessage())
+
+    def _payload(self, data: memoryview) -> None:
+        if self.expecting == "content":
+            if self._image is None:
+                self._held.append(bytes(data))
+            else:
+                self._image.write(bytes(data))
+        elif self.expecting == "records":
+            for event in self._records.feed(bytes(data)):
+                if isinstance(event, HeaderReceived):
+                    checkId("snapshot id", event.message.snapshot_id)
+                    self._backend.pushSnapshot(event.message.snapshot_id)
+        elif bytes(data) != FD_BYTE:
+            raise FramingError(f"expected the 0x00 byte of a passed pipe, got {bytes(data)!r}")
+
+    def _pipeArrived(self) -> None:
+        if not self._fds:
+            raise FramingError("the pipe's byte came without a pipe")
+        fd = self._fds.popleft()
+        self.expecting = "nothing"
+        if self._writing:
+            if self._image is None:
+                # The image may not be written yet: its pipe waits, full.
+                self._heldFd = fd
+                return
+            self._readPipe(self._image, fd)
+            return
+        else:
+            served = self._serving
+            assert served is not None
+            writer = PipeWriter(fd, self._reactor, served.data.pieces, lambda error: self._written(served, error))
+            writer.startWriting()
+        # The pipe carries the rest: this connection has done its part.
+        self._finish()
+
+    def _readPipe(self, image: IOutgoingImage, fd: int) -> None:
+        self._image = None
+        reader = PipeReader(
+            fd, self._reactor, image.write, lambda error: self._pipeEnded(image, error),
+            ring=getattr(image, "ring", None),
+        )
+        image.attachProducer(reader)
+        self._finish()
+
+    def _pipeEnded(self, image: IOutgoingImage, error: Optional[Exception]) -> None:
+        if error is not None:
+            reason = f"reading the pipe of {image.name} failed: {error}"
+            self.log.error("remote write: {reason}", reason=reason)
+            self._backend.abort(reason)
+        else:
+            image.close()
+
+    def _written(self, image: Image, error: Optional[Exception]) -> None:
+        if error is not None:
+            self.log.error("remote read of {name}: writing its pipe failed: {error}", name=image.name, error=str(error))
+
+    def _answerRead(self, image: Optional[Image], snapshotId: str) -> None:
+        if self._done:
+            return
+        transport = self._transport()
+        if image is None:
+            transport.write(reply(ENOENT))
+            self._finish()
+        elif snapshotId:
+            transport.write(reply(0))
+            self._serving = image
+            self.expecting = "pipe"
+            self._framer.expectPayload(1)
+            self.setTimeout(self._idleTimeout)
+            self._producer().resumeProducing()
+            if not self._parsing:
+                self.dataReceived(b"")
+        else:
+            transport.writeSequence([reply(0)] + [bytes(p) for p in image.data.pieces])
+            self._finish()
+
+    def _sendSnapshots(self, snapshots: Optional[list[str]]) -> None:
+        if self._done:
+            return
+        transport = self._transport()
+        if snapshots is None:
+            transport.write(reply(ENOENT))
+        else:
+            transport.writeSequence([reply(0)] + [frame(SnapshotIdRecord(snapshot_id=s)) for s in snapshots])
+        self._finish()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """
+        Content on the socket ends with the socket; anything else cut short
+        is an error.
+        """
+        if isinstance(self.factory, CountedFactory):
+            self.factory.connectionClosed(self)
+        self._headerSeen()
+        self.setTimeout(None)
+        while self._fds:
+            os.close(self._fds.popleft())
+        if self._done:
+            return
+        image, self._image = self._image, None
+        if self.expecting == "content":
+            if image is not None:
+                self._done = True
+                image.close()
+            else:
+                # Its version has not begun yet: it ends once it has.
+                self._ended = True
+            return
+        self._done = True
+        if self._heldFd is not None:
+            # The connection's part is done: the pipe waits for its turn.
+            return
+        elif self.expecting == "records" and not self._records.atBoundary:
+            self.log.error("remote snapshot list push ended inside a record")
+        elif self.expecting in ("header", "pipe") and not self._framer.atBoundary or image is not None:
+            self.log.error("remote connection ended early, {what}", what=self._what)
+            if image is not None:
+                self._backend.abort(f"{self._what} ended before its pipe came")
+
+
+class RemoteFactory(CountedFactory, Factory):
+    """
+    Serve a remote-protocol socket for a backend.
+    """
+
+    noisy = False
+
+    def __init__(self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT) -> None:
+        self.backend = backend
+        self.reactor = reactor
+        self.idleTimeout = idleTimeout
+
+    def buildProtocol(self, addr: object) -> RemoteProtocol:
+        """
+        @return: A protocol for one local connection.
+        """
+        if not self.admit(addr):
+            return None  # type: ignore[return-value]
+        p = RemoteProtocol(self.backend, self.reactor, self.idleTimeout)
+        p.factory = self
+        return p

@@ -1,0 +1,191 @@
+# -*- test-case-name: tests.scenarios.test_stream,tests.scenarios.test_fuzz -*-
+"""
+The proxy's local side for CRIU's C{--stream} dump: CRIU connects to
+C{DIR/streamer-capture.sock}, names each image and passes the read end of a
+pipe, then writes the image into it. Each pipe is read on the reactor and
+sent on as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgrelay.wire.criu import FD_BYTE, streamCaptureFramer
+from imgrelay.core.errors import SessionError
+from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
+from imgrelay.core.interfaces import IImageSink, IOutgoingImage
+from imgrelay.core.limits import CountedFactory, limitsOf
+from imgrelay.core.names import BadName
+from imgrelay.transport.pipes import PipeReader
+
+
+@implementer(IFileDescriptorReceiver)
+class StreamCaptureProtocol(Protocol):
+    """
+    One C{criu dump --stream} connection: one session.
+    """
+
+    log = Logger()
+
+    def __init__(self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet) -> None:
+        """
+        @param newSession: Starts the session this dump fills.
+        @param reactor: Where the pipes are read.
+        """
+        self._newSession = newSession
+        self._reactor = reactor
+        self._framer = streamCaptureFramer()
+        self._fds: deque[int] = deque()
+        self._name: Optional[str] = None
+        self._readers: set[PipeReader] = set()
+        self._failed = False
+        self.sink: Optional[IImageSink] = None
+
+    def connectionMade(self) -> None:
+        """
+        Start the session; hold CRIU's requests until the cache accepted it.
+        """
+        self._framer.maxHeaderSize = limitsOf(self).maxHeaderSize
+        self._producer().pauseProducing()
+        try:
+            sink = self.sink = self._newSession()
+        except SessionError as e:
+            self.log.error("dump connection refused: {reason}", reason=str(e))
+            self._failed = True
+            self._transport().loseConnection()
+            return
+        except Exception:
+            self.log.failure("dump connection: cannot start a session")
+            self._failed = True
+            self._transport().loseConnection()
+            return
+        sink.ready.addCallbacks(lambda _: self._producer().resumeProducing(), lambda _: None)
+        sink.result.addErrback(self._sessionFailed)
+
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def _producer(self) -> IPushProducer:
+        return IPushProducer(self._transport())
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        """
+        A pipe arrived; its request and byte are in the data that follows.
+        """
+        if self._failed:
+            os.close(descriptor)
+            return
+        self._fds.append(descriptor)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse requests and pair each with its pipe.
+        """
+        if self._failed:
+            return
+        try:
+            for event in self._framer.feed(data):
+                if isinstance(event, HeaderReceived):
+                    self._name = event.message.filename
+                elif isinstance(event, PayloadChunk):
+                    if bytes(event.data) != FD_BYTE:
+                        raise FramingError(f"expected the 0x00 byte of a passed pipe, got {bytes(event.data)!r}")
+                elif isinstance(event, PayloadDone):
+                    self._startImage()
+        except (FramingError, BadName, SessionError) as e:
+            self._error(str(e))
+
+    def _startImage(self) -> None:
+        name, self._name = self._name, None
+        assert name is not None and self.sink is not None
+        if not self._fds:
+            raise FramingError(f"request for {name!r} came without a pipe")
+        fd = self._fds.popleft()
+        try:
+            image = self.sink.openImage("", name)
+        except BaseException:
+            os.close(fd)
+            raise
+        reader = PipeReader(
+            fd, self._reactor, image.write, lambda err: self._pipeEnded(image, reader, err),
+            ring=getattr(image, "ring", None),
+        )
+        self._readers.add(reader)
+        image.attachProducer(reader)
+
+    def _pipeEnded(self, image: IOutgoingImage, reader: PipeReader, error: Optional[Exception]) -> None:
+        self._readers.discard(reader)
+        if error is not None:
+            self._error(f"reading the pipe of {image.name!r} failed: {error}")
+        else:
+            image.close()
+
+    def _error(self, reason: str) -> None:
+        self.log.error("dump connection: {reason}", reason=reason)
+        if self.sink is not None:
+            self.sink.abort(reason)
+        self._cleanUp()
+
+    def _sessionFailed(self, failure: Failure) -> None:
+        self._cleanUp()
+
+    def _cleanUp(self) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        for reader in list(self._readers):
+            reader.abort()
+        self._readers.clear()
+        self._closeFds()
+        self._transport().loseConnection()
+
+    def _closeFds(self) -> None:
+        while self._fds:
+            os.close(self._fds.popleft())
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """
+        CRIU closed the socket: no more images. Pipes still open go on to
+        their own end, then the session's final handshake runs.
+        """
+        if isinstance(self.factory, CountedFactory):
+            self.factory.connectionClosed(self)
+        self._closeFds()
+        if self._failed or self.sink is None:
+            return
+        if not self._framer.atBoundary:
+            self._error("dump connection ended in the middle of a request")
+            return
+        self.log.info("dump connection closed; {open} pipes still open", open=len(self._readers))
+        self.sink.finish()
+
+
+class StreamCaptureFactory(CountedFactory, Factory):
+    """
+    Serve C{streamer-capture.sock}: a session per dump connection.
+    """
+
+    def __init__(self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet) -> None:
+        self.newSession = newSession
+        self.reactor = reactor
+
+    noisy = False
+
+    def buildProtocol(self, addr: object) -> StreamCaptureProtocol:
+        """
+        @return: A protocol for one dump.
+        """
+        if not self.admit(addr):
+            return None  # type: ignore[return-value]
+        p = StreamCaptureProtocol(self.newSession, self.reactor)
+        p.factory = self
+        return p

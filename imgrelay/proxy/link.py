@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.proxy.test_link -*-
+"""
+The proxy's end of one link connection: says hello, writes the session
+stream a L{LinkStream} hands it, and reports the cache's answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgrelay.wire.framing import FramingError, HeaderReceived
+from imgrelay.transport.keepalive import watchPeer
+from imgrelay.proxy.stream import DEFAULT_WINDOW, IConnection, LinkStream
+from imgrelay.wire.link import cacheMessageFramer, frame
+from imgrelay.proxy.outbound import Buffer
+from imgrelay.wire.pb import link_pb2
+from imgrelay.proxy.session import ProxySession
+from imgrelay.transport.senders import ISender, SocketSender, TransportSender
+
+
+@implementer(IConnection, IPushProducer)
+class ProxyLinkProtocol(Protocol, TimeoutMixin):
+    """
+    One connection to a cache, carrying a session's L{LinkStream}: a new
+    session on the first connection, the same session resumed on the next.
+    """
+
+    log = Logger()
+
+    def __init__(self, stream: LinkStream, reactor: Any = None) -> None:
+        """
+        @param stream: The session's stream this connection carries.
+        @param reactor: Where a plain TCP link's socket is written; the
+            global reactor by default.
+        """
+        self.stream = stream
+        self.session = stream.session
+        self._reactor = reactor
+        self._framer = cacheMessageFramer()
+        self._closed = False
+        self._accepted = False
+        self._sender: ISender
+
+    def connectionMade(self) -> None:
+        """
+        Choose how to send (straight from the pipes' buffers on a plain TCP
+        socket) and say hello.
+        """
+        transport = self.transport
+        assert transport is not None
+        watchPeer(transport)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
+        self._sender = sender if sender is not None else TransportSender(transport, self)
+        self._sender.send([frame(self.stream.hello())])
+        timeout = getattr(self.factory, "acceptTimeout", None)
+        if timeout is not None:
+            self.callLater = reactor.callLater  # type: ignore[method-assign]
+            self.setTimeout(timeout)
+
+    def timeoutConnection(self) -> None:
+        """
+        The cache did not answer the hello in time (L{TimeoutMixin}).
+        """
+        if not self._accepted and not self._closed:
+            self.log.warn(
+                "session {session}: the cache did not answer the hello within {timeout:g} s; dropping the connection",
+                session=self.session.name, timeout=self.timeOut,
+            )
+            self._abort()
+
+    def _sendFailed(self, error: Exception) -> None:
+        self.log.error("sending to the cache failed: {error}", error=error)
+        self._abort()
+
+    # IConnection
+
+    def write(self, pieces: Sequence[Buffer]) -> None:
+        """
+        See L{IConnection.write}.
+        """
+        if not self._closed:
+            self._sender.send(pieces)
+
+    def close(self) -> None:
+        """
+        See L{IConnection.close}.
+        """
+        if not self._closed:
+            self._closed = True
+            transport = self.transport
+            assert transport is not None
+            self._sender.close(transport.loseConnection)
+
+    def _abort(self) -> None:
+        self._closed = True
+        self._sender.abort()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # What the cache says.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Dispatch the cache's answers.
+        """
+        if self._closed:
+            return
+        try:
+            for event in self._framer.feed(data):
+                if isinstance(event, HeaderReceived):
+                    self._handle(event.message)
+                if self._closed:
+                    return
+        except FramingError as e:
+            self.session.failed(f"cache sent malformed data: {e}")
+            self.close()
+
+    def _handle(self, message: link_pb2.CacheMessage) -> None:
+        kind = message.WhichOneof("kind")
+        session = self.session
+        if kind in ("accept", "refuse"):
+            self.setTimeout(None)
+        if kind == "accept":
+            if self._accepted:
+                session.failed("the cache accepted the session twice")
+            else:
+                self._accepted = True
+                self.stream.attach(self, message.accept)
+        elif not self._accepted and kind not in ("refuse", "failed"):
+            session.failed(f"cache sent {kind} before accepting the session")
+        elif kind == "progress":
+            self.stream.progress(message.progress.received)
+        elif kind == "ack":
+            self.stream.imageAcked(message.ack.image)
+        elif kind == "done_ok":
+            session.doneOk()
+            self.close()
+        elif kind == "refuse":
+            session.failed(f"cache refused the session: {message.refuse.reason}")
+        elif kind == "image_refused":
+            session.failed(f"cache refused an image: {message.image_refused.reason}")
+        elif kind == "failed":
+            session.failed(f"cache failed the session: {message.failed.reason}")
+        if session.over:
+            self.close()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """
+        The stream waits for another connection (or the session is over).
+        """
+        self._closed = True
+        self.setTimeout(None)
+        self._sender.abort()
+        if not self._accepted and _isTLSError(reason) and not self.session.over:
+            # A certificate the other end refuses will not get better by
+            # trying again.
+            self.session.failed(f"TLS with the cache failed: {reason.getErrorMessage()}")
+        self.stream.detach(self, reason.getErrorMessage())
+
+    # IPushProducer, for the link's transport.
+
+    def pauseProducing(self) -> None:
+        """
+        The link's send buffer is full: hold every pipe.
+        """
+        if self._accepted and not self._closed:
+            self.session.pause()
+
+    def resumeProducing(self) -> None:
+        """
+        The link drained: read the pipes again.
+        """
+        self.session.resume()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; L{connectionLost} follows.
+        """
+
+
+def _isTLSError(reason: Failure) -> bool:
+    # Without importing OpenSSL, which only a TLS link loads.
+    return type(reason.value).__module__.split(".")[0] in ("OpenSSL", "service_identity")
+
+
+class ProxyLinkFactory(ClientFactory):
+    """
+    Build the link protocol for one session.
+    """
+
+    noisy = False
+
+    def __init__(
+        self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW,
+        acceptTimeout: Optional[float] = None,
+    ) -> None:
+        """
+        @param session: The session every connection carries.
+        @param reactor: Where plain TCP sockets are written, and timers run.
+        @param window: The most bytes held unacknowledged.
+        @param acceptTimeout: Seconds the cache may take to answer a hello
+            before the connection is dropped (and dialled again); None for
+            no limit.
+        """
+        self.acceptTimeout = acceptTimeout
+        self.session = session
+        self.reactor = reactor
+        self.stream = LinkStream(session, window)
+
+    def buildProtocol(self, addr: object) -> ProxyLinkProtocol:
+        """
+        @return: A protocol for one connection of the session's link.
+        """
+        p = ProxyLinkProtocol(self.stream, self.reactor)
+        p.factory = self
+        return p

@@ -1,0 +1,68 @@
+# -*- test-case-name: tests.wire.test_criu -*-
+"""
+The encoding of CRIU's local protocols (C{../shared/spec/criu-wire.md}):
+little-endian length prefixes and proto2 messages.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from imgrelay.wire.framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
+from imgrelay.wire.pb import criu_pb2
+
+#: CRIU frames with a u32 in the host's byte order: little-endian on every
+#: architecture CRIU supports here.
+PREFIX = "<I"
+
+#: The byte CRIU sends with each passed file descriptor.
+FD_BYTE = b"\x00"
+
+
+def frame(message: Message) -> bytes:
+    """
+    @param message: A protobuf message.
+    @return: C{message} serialized behind CRIU's length prefix.
+    """
+    return encodeHeader(message, PREFIX)
+
+
+def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:
+    request = criu_pb2.StreamRequest.FromString(data)
+    # proto2 strings are not checked by the parser: invalid UTF-8 comes
+    # back as bytes.
+    if not isinstance(request.filename, str):
+        raise MalformedHeader(f"image name {request.filename!r} is not UTF-8")
+    return request
+
+
+def _captureRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, int]:
+    # On the dump side every request is followed by its pipe's fd byte.
+    return _parseRequest(data), 1
+
+
+def _serveRequest(data: bytes) -> tuple[criu_pb2.StreamRequest, None]:
+    # On the restore side the pipe comes only if the reply said it exists.
+    return _parseRequest(data), None
+
+
+def streamCaptureFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[criu_pb2.StreamRequest]:
+    """
+    @return: A framer for CRIU's C{--stream} dump connection.
+    """
+    return Framer(_captureRequest, PREFIX, maxHeaderSize)
+
+
+def streamServeFramer(maxHeaderSize: int = DEFAULT_MAX_HEADER) -> Framer[criu_pb2.StreamRequest]:
+    """
+    @return: A framer for CRIU's C{--stream} restore connection; after each
+        request the consumer says whether a pipe follows.
+    """
+    return Framer(_serveRequest, PREFIX, maxHeaderSize)
+
+
+def streamReply(exists: bool) -> bytes:
+    """
+    @return: The framed reply to a restore request.
+    """
+    return frame(criu_pb2.StreamReply(exists=exists))

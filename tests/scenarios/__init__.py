@@ -1,0 +1,1 @@
+"""Scenario tests: several parts of imgrelay together, over real sockets on 127.0.0.1."""
