@@ -19,9 +19,10 @@ from imgrelay.observe.service import Observability
 from imgrelay.proxy.service import ProxyService, proxyService
 from imgrelay.proxy.session import SessionOutcome
 from imgrelay.core.store import Session, SessionState
+from imgrelay.core.version import VERSION
 from imgrelay.transport.tls import TLSFiles
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "CacheService",

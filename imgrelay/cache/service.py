@@ -16,8 +16,8 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
-from imgrelay.local.criulink import CriuLinkReceiverFactory
-from imgrelay.observe.feeds import observeCache
+from imgrelay.cache.criulink import CriuLinkReceiverFactory
+from imgrelay.cache.feeds import observeCache
 from imgrelay.cache.fetchserve import FetchServeFactory
 from imgrelay.wire.fetch import FETCH_SOCKET
 from imgrelay.core.limits import Limits
@@ -27,7 +27,7 @@ from imgrelay.observe.service import Observability
 from imgrelay.proxy.service import LINKS, PROTOCOLS
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS, SessionRegistry
 from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
-from imgrelay.local.remotesides import CacheRemoteBackend
+from imgrelay.cache.remote import CacheRemoteBackend
 from imgrelay.cache.sessiondirs import SessionDirectories, SocketTable
 from imgrelay.core.store import Session, SessionSlot
 from imgrelay.local.streamserve import StreamServeFactory

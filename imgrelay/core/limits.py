@@ -13,8 +13,11 @@ import attrs
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from imgrelay.wire.framing import DEFAULT_MAX_HEADER
 from imgrelay.core.names import MAX_NAME
+
+
+#: The longest message header taken from a peer by default, in bytes.
+DEFAULT_MAX_HEADER = 64 * 1024
 
 
 @attrs.frozen

@@ -16,9 +16,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imgrelay.local.criulink import CriuLinkSenderFactory
+from imgrelay.proxy.criulink import CriuLinkSenderFactory
 from imgrelay.core.errors import SessionError
-from imgrelay.observe.feeds import observeProxy
+from imgrelay.proxy.feeds import observeProxy
 from imgrelay.core.limits import Limits
 from imgrelay.transport.localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW
@@ -27,7 +27,7 @@ from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay.proxy.session import ProxySession, SessionOutcome
 from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
-from imgrelay.local.remotesides import ProxyRemoteBackend
+from imgrelay.proxy.remote import ProxyRemoteBackend
 from imgrelay.local.streamcapture import StreamCaptureFactory
 from imgrelay.transport.tls import TLSFiles, clientEndpoint, hostOf
 

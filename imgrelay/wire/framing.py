@@ -22,11 +22,10 @@ from typing import Callable, Generic, Iterator, TypeVar, Union
 import attrs
 from google.protobuf.message import Message
 
+from imgrelay.core.limits import DEFAULT_MAX_HEADER
+
 M = TypeVar("M")
 E = TypeVar("E", bound=Message)
-
-#: The default largest header, checked before a header is buffered.
-DEFAULT_MAX_HEADER = 64 * 1024
 
 #: A decoder turns one header into its message and the length of the raw
 #: payload that follows it: C{0} for none, C{None} when the consumer decides

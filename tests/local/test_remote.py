@@ -18,7 +18,8 @@ from imgrelay.core.imagedata import ImageData
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.proxy.session import ProxySession
 from imgrelay.local.remote import IRemoteBackend, RemoteProtocol
-from imgrelay.local.remotesides import CacheRemoteBackend, ProxyRemoteBackend
+from imgrelay.cache.remote import CacheRemoteBackend
+from imgrelay.proxy.remote import ProxyRemoteBackend
 from imgrelay.core.store import Image, SessionSlot
 
 # The vectors of ../shared/spec/criu-wire.md section 2.
