@@ -207,7 +207,16 @@ class PipeWriter(abstract.FileDescriptor):
     must not change until the reader has read it (a verified image never
     does).
 
+    The image is written once the pipe has accepted all its bytes (written,
+    or spliced as C{vmsplice} reports): the pipe is closed in that same
+    turn and the end reported as a success, whatever the reader does next.
+    CRIU reads the last byte and closes its end at once; the writer must
+    not need another turn to find it was done, for the reactor reports the
+    reader's close (a hang-up) instead of giving it that turn.
+
     @ivar splice: Whether to use C{vmsplice} where it works.
+    @ivar size: The image's size in bytes.
+    @ivar accepted: How many of its bytes the pipe has accepted so far.
     """
 
     splice = True
@@ -224,8 +233,9 @@ class PipeWriter(abstract.FileDescriptor):
         @param fd: The write end; it is closed when done.
         @param reactor: The reactor to write on.
         @param pieces: The content, in order.
-        @param ended: Called once, with None when all was written or the
-            write error (C{BrokenPipeError} if the reader went away).
+        @param ended: Called once, with None when the pipe accepted every
+            byte, or the error: C{BrokenPipeError}, or C{ConnectionError}
+            if the reader went away before that.
         @param writeSize: The largest write.
         """
         abstract.FileDescriptor.__init__(self, reactor)
@@ -234,6 +244,8 @@ class PipeWriter(abstract.FileDescriptor):
         self._pieces = pieces
         self._index = 0
         self._offset = 0
+        self.size = sum(len(piece) for piece in pieces)
+        self.accepted = 0
         self._ended = ended
         self._error: Optional[Exception] = None
         self.writeSize = writeSize
@@ -247,9 +259,9 @@ class PipeWriter(abstract.FileDescriptor):
 
     def doWrite(self) -> Optional[BaseException]:
         """
-        Write the next block.
+        Write the next block; once the pipe accepted the last byte, end.
         """
-        while self._index < len(self._pieces):
+        while self.accepted < self.size:
             piece = self._pieces[self._index]
             if self._offset == len(piece):
                 self._index += 1
@@ -258,13 +270,17 @@ class PipeWriter(abstract.FileDescriptor):
             view = memoryview(piece)[self._offset : self._offset + self.writeSize]
             try:
                 n = vmsplice(self._fd, view) if self.splice else None
-                self._offset += os.write(self._fd, view) if n is None else n
+                if n is None:
+                    n = os.write(self._fd, view)
             except BlockingIOError:
-                pass
+                return None
             except OSError as e:
                 self._error = e
                 return main.CONNECTION_LOST
-            return None
+            self._offset += n
+            self.accepted += n
+            if self.accepted < self.size:
+                return None
         return main.CONNECTION_DONE
 
     def connectionLost(self, reason: Failure) -> None:
@@ -275,6 +291,6 @@ class PipeWriter(abstract.FileDescriptor):
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-            if self._error is None and self._index < len(self._pieces):
+            if self._error is None and self.accepted < self.size:
                 self._error = ConnectionError("pipe closed before the image was written")
             self._ended(self._error)

@@ -11,21 +11,26 @@ import struct
 import tempfile
 from typing import Any, Optional, Union
 
-from twisted.internet import reactor
+from twisted.internet import main, reactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imgrelay.cache.service import SERVE_SOCKET, CacheService
 from imgrelay.core.errors import SessionError
+from imgrelay.core.imagedata import ImageData
+from imgrelay.core.integrity import RunningChecksum
+from imgrelay.local.streamserve import StreamServeProtocol
+from imgrelay.wire.criu import streamReply
 from imgrelay.wire.pb.criu_pb2 import StreamRequest
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import CAPTURE_SOCKET, ProxyService
 from imgrelay.proxy.session import SessionOutcome
-from imgrelay.core.store import SessionState
+from imgrelay.core.store import Image, SessionSlot, SessionState
 from imgrelay.testing import criu
 
 
@@ -450,6 +455,63 @@ class ServeBadInputTests(TestCase):
         r = criu.StreamRestorer(relay.serve)
         self.assertEqual(await deferToThread(r.fetch, "pstree.img"), criu.traceImages()["pstree.img"])
         r.close()
+
+
+class ServedCountTests(SynchronousTestCase):
+    """
+    An image counts as served once its pipe accepted all of it, whatever
+    CRIU does with the pipe next. The reactor's turns are taken by hand, as
+    epoll takes them, so that CRIU's close falls between two of them.
+    """
+
+    def test_readerClosesAtOnceAfterLastByte(self) -> None:
+        """
+        CRIU reads exactly the image and closes its pipe at once, before
+        the writer's next turn (the reactor then reports the hang-up
+        instead of giving the writer that turn): no error is logged and the
+        image is counted among those served.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        content = criu.patternBytes("pages", 300 << 10)
+        data = ImageData()
+        data.append(content)
+        data.close()
+        checksum = RunningChecksum()
+        checksum.update(content)
+        slot = SessionSlot()
+        session = slot.claim("mig")
+        session.addVerified(Image("", "pages-1.img", data, checksum.crc))
+        session.complete()
+        fdReactor = MemoryReactorClock()
+        protocol = StreamServeProtocol(slot, fdReactor)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        r, w = os.pipe()
+        protocol.dataReceived(criu.frame(StreamRequest(filename="pages-1.img")))
+        self.assertEqual(transport.value(), streamReply(True))
+        protocol.fileDescriptorReceived(w)
+        protocol.dataReceived(b"\x00")
+        [writer] = fdReactor.getWriters()
+        os.set_blocking(r, False)
+        got = b""
+        why = None
+        while why is None and len(got) < len(content):
+            # The writer's turn, then CRIU reads what the pipe holds.
+            why = writer.doWrite()
+            try:
+                got += os.read(r, len(content) - len(got))
+            except BlockingIOError:
+                pass
+        os.close(r)
+        self.assertEqual(got, content)
+        # The reactor's next turn: what the writer's last turn returned,
+        # else the hang-up of the read end closed meanwhile.
+        writer.connectionLost(Failure(why if why is not None else main.CONNECTION_LOST))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(protocol.served, 1)
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
+        [ended] = [e for e in events if "images served" in e["log_format"]]
+        self.assertEqual(ended["served"], 1)
 
 
 class OneSessionProxyTests(TestCase):

@@ -75,6 +75,46 @@ class PipeReaderTests(TestCase):
         os.close(w)
 
 
+class _ReaderAfterEachTurn(PipeWriter):
+    """
+    A L{PipeWriter} whose reader runs right after each of the writer's
+    turns, before the reactor's next one: the way CRIU, woken by the pipe,
+    reads what is there and closes its end while the reactor goes on.
+
+    @ivar got: What the reader read.
+    """
+
+    def __init__(self, fd: int, readEnd: int, closeAfter: int, pieces: list[bytes | memoryview], ended: Deferred[Optional[Exception]]) -> None:
+        """
+        @param fd: The pipe's write end.
+        @param readEnd: The pipe's read end, read without blocking.
+        @param closeAfter: How many bytes the reader reads before it closes
+            its end at once.
+        @param pieces: The image.
+        @param ended: Fired with how the writer ended.
+        """
+        PipeWriter.__init__(self, fd, reactor, pieces, ended.callback)
+        os.set_blocking(readEnd, False)
+        self._readEnd = readEnd
+        self._closeAfter = closeAfter
+        self.got = b""
+
+    def doWrite(self) -> Optional[BaseException]:
+        """
+        The writer's turn, then the reader's.
+        """
+        why = PipeWriter.doWrite(self)
+        if self._readEnd >= 0:
+            try:
+                self.got += os.read(self._readEnd, self._closeAfter - len(self.got))
+            except BlockingIOError:
+                pass
+            if len(self.got) == self._closeAfter:
+                os.close(self._readEnd)
+                self._readEnd = -1
+        return why
+
+
 class PipeWriterTests(TestCase):
     """
     L{PipeWriter} writes an image from memory into a pipe and closes it.
@@ -170,6 +210,82 @@ class PipeWriterTests(TestCase):
         self.assertIsNone(await ended)
         self.assertEqual(os.read(r, 10), b"")
         os.close(r)
+
+    async def test_readerClosesAtOnceAfterLastByte(self) -> None:
+        """
+        A reader that reads exactly the image and closes its end at once,
+        before the writer's next turn, got the whole image: the end is
+        reported with None, though the reactor next reports the reader's
+        close rather than giving the writer another turn.
+        """
+        r, w = os.pipe()
+        big = patternBytes("last byte", 200 << 10)
+        pieces: list[bytes | memoryview] = [b"head", big, b"tail", b""]
+        content = b"head" + big + b"tail"
+        ended: Deferred[Optional[Exception]] = Deferred()
+        writer = _ReaderAfterEachTurn(w, r, len(content), pieces, ended)
+        writer.startWriting()
+        self.assertIsNone(await ended)
+        self.assertEqual(writer.got, content)
+        self.assertEqual((writer.accepted, writer.size), (len(content), len(content)))
+        self.assertEqual(writer.fileno(), -1)
+
+    async def test_splicedReaderClosesAtOnceAfterLastByte(self) -> None:
+        """
+        Bytes spliced into the pipe count as written once C{vmsplice}
+        reports them taken: a reader that reads exactly a spliced image and
+        closes at once sees the end reported with None.
+        """
+        spliced: list[int] = []
+        real = _pipes.vmsplice
+
+        def recording(fd: int, view: memoryview) -> Optional[int]:
+            n = real(fd, view)
+            if n is not None:
+                spliced.append(n)
+            return n
+
+        self.patch(_pipes, "vmsplice", recording)
+        block = mmap.mmap(-1, 300 << 10, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.addCleanup(block.close)
+        content = patternBytes("spliced last byte", 300 << 10)
+        block[:] = content
+        r, w = os.pipe()
+        ended: Deferred[Optional[Exception]] = Deferred()
+        view = memoryview(block)
+        self.addCleanup(view.release)
+        writer = _ReaderAfterEachTurn(w, r, len(content), [view], ended)
+        writer.startWriting()
+        self.assertIsNone(await ended)
+        self.assertEqual(writer.got, content)
+        self.assertEqual(sum(spliced), len(content))
+
+    async def test_emptyImageReaderClosedFirst(self) -> None:
+        """
+        An empty image is whole before anything is written: a reader that
+        closes its end before the writer's first turn is no error.
+        """
+        r, w = os.pipe()
+        os.close(r)
+        ended: Deferred[Optional[Exception]] = Deferred()
+        PipeWriter(w, reactor, [b""], ended.callback).startWriting()
+        self.assertIsNone(await ended)
+
+    async def test_readerClosesBeforeLastByte(self) -> None:
+        """
+        A reader that closes its end before the pipe accepted the whole
+        image, right after reading a first part, is reported as an error.
+        """
+        r, w = os.pipe()
+        pieces: list[bytes | memoryview] = [b"head", patternBytes("early", 100 << 10)]
+        ended: Deferred[Optional[Exception]] = Deferred()
+        writer = _ReaderAfterEachTurn(w, r, 4, pieces, ended)
+        writer.startWriting()
+        error = await ended
+        # The reactor reports the reader's close (a ConnectionError from
+        # the writer) or lets the writer find it (BrokenPipeError, one too).
+        self.assertIsInstance(error, ConnectionError)
+        self.assertEqual(writer.got, b"head")
 
     async def test_readerGone(self) -> None:
         """
