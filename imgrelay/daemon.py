@@ -1,6 +1,10 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Ending a C{--oneshot} daemon with an exit status: twistd itself always
+What makes a service a twistd daemon: L{Daemon}, its top service, which
+turns a bind error into one clear line; and L{stopWithStatus}, which ends
+a C{--oneshot} daemon with an exit status.
+
+A C{--oneshot} daemon's exit status: twistd itself always
 exits 0 once the reactor stops, so the status is applied at interpreter
 exit, after twistd has cleaned up (its log written, its pid file removed).
 
@@ -19,6 +23,9 @@ import atexit
 import os
 import sys
 from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 
 _status: list[int] = []
 
@@ -48,3 +55,30 @@ def stopWithStatus(reactor: Any, status: int) -> None:
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
+
+
+class Daemon(MultiService):
+    """
+    The top service of a twistd daemon: a bind error ends twistd with one
+    clear line instead of a traceback.
+    """
+
+    def __init__(self, name: str, service: IService) -> None:
+        MultiService.__init__(self)
+        self._name = name
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every endpoint now, or exit naming the one that failed.
+        """
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            if isinstance(e.port, (bytes, str)):
+                path = e.port.decode() if isinstance(e.port, bytes) else e.port
+                why = str(e.socketError)
+                if why == "Cannot acquire lock":
+                    why = "another running daemon holds this socket"
+                raise SystemExit(f"{self._name}: cannot listen on {path}: {why}")
+            raise SystemExit(f"{self._name}: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}")

@@ -1,6 +1,7 @@
 """
-The public embedding API, used as the README shows: L{imgrelay.proxyService}
-and L{imgrelay.cacheService} added to an application's service tree.
+The public embedding API, used as the README shows: L{imgrelay.ProxyService}
+and L{imgrelay.CacheService}, each built from its config, added to an
+application's service tree; and the deprecated functions of 0.1.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ class EmbeddingTests(TestCase):
         )
         dump, restore = tempfile.mkdtemp(), tempfile.mkdtemp()
         application = MultiService()
-        cache = imgrelay.cacheService(restore, "tcp:0:interface=127.0.0.1", reactor=reactor)
+        cache = imgrelay.CacheService(imgrelay.CacheConfig(imagesDir=restore, listen="tcp:0:interface=127.0.0.1"), reactor)
         released: list[Any] = []
         cache.addSessionObserver(released.append)
         cache.setServiceParent(application)
         application.startService()
         self.addCleanup(application.stopService)
         port = (await cache.linkAddress()).port  # type: ignore[attr-defined]
-        proxy = imgrelay.proxyService(dump, f"tcp:host=127.0.0.1:port={port}", sessionName="web-1", reactor=reactor)
+        proxy = imgrelay.ProxyService(
+            imgrelay.ProxyConfig(imagesDir=dump, connect=f"tcp:host=127.0.0.1:port={port}", sessionName="web-1"), reactor
+        )
         outcomes: list[Any] = []
         proxy.addSessionObserver(outcomes.append)
         proxy.setServiceParent(application)

@@ -19,7 +19,8 @@ from imgrelay import daemon as _exit
 from imgrelay.cache.service import CacheService
 from imgrelay.core.names import checkSessionDirName
 from imgrelay.observe.service import Observability
-from imgrelay.proxy.service import ProxyService, defaultSessionName
+from imgrelay.core.names import defaultSessionName
+from imgrelay.proxy.service import ProxyService
 from imgrelay.tap import CacheOptions, ProxyOptions, makeCacheService, makeProxyService
 
 
@@ -66,9 +67,11 @@ class OptionsTests(SynchronousTestCase):
             {k: options[k] for k in ("images-dir", "connect", "local", "oneshot")},
             {"images-dir": self.dir, "connect": "tcp:host=dest:port=7070", "local": None, "oneshot": 1},
         )
-        self.assertEqual(options["session"], defaultSessionName(self.dir))
-        self.assertIn("-" + os.path.basename(self.dir) + "-", options["session"])
-        self.assertEqual(checkSessionDirName(options["session"]), options["session"])
+        session = options.config().sessionName
+        assert session is not None
+        self.assertEqual(session, defaultSessionName(self.dir))
+        self.assertIn("-" + os.path.basename(self.dir) + "-", session)
+        self.assertEqual(checkSessionDirName(session), session)
 
     def test_cacheOptions(self) -> None:
         """
@@ -370,7 +373,7 @@ class ResumeAndMemoryOptionsTests(SynchronousTestCase):
              "--reconnect-timeout", "5"]
         )
         (inner,) = list(makeProxyService(proxy, MemoryReactorClock()))  # type: ignore[call-overload]
-        self.assertEqual((inner.window, inner.reconnectTimeout), (8 << 20, 5.0))
+        self.assertEqual((inner.config.window, inner.config.reconnectTimeout), (8 << 20, 5.0))
         cache = CacheOptions()
         cache.parseOptions(["-D", self.dir, "--listen", "tcp:0", "--resume-timeout", "7", "--max-memory", "2G"])
         (service,) = list(makeCacheService(cache, MemoryReactorClock()))  # type: ignore[call-overload]

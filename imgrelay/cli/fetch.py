@@ -21,7 +21,8 @@ from typing import Optional
 
 import attrs
 
-from imgrelay.wire.fetch import FETCH_SOCKET, VERSION, fetchMessageFramer
+from imgrelay.transport.localsock import FETCH_SOCKET
+from imgrelay.wire.fetch import VERSION, fetchMessageFramer
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.integrity import ManifestEntry, RunningChecksum, manifestDigest
 from imgrelay.cli.imagefiles import FetchError, ImageFiles

@@ -105,7 +105,7 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from twisted.internet.task import react
 
     from imgrelay.cli import send as _clisend
-    from imgrelay.proxy.service import defaultSessionName
+    from imgrelay.core.names import defaultSessionName
     from imgrelay.transport.tls import TLSFiles
 
     tlsFiles = [args.tls_cert, args.tls_key, args.tls_ca]

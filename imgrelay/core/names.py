@@ -10,6 +10,12 @@ hostile one must never reach either.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import socket
+from typing import Optional
+
 #: The longest image name accepted, in UTF-8 bytes (a Linux file name).
 MAX_NAME = 255
 
@@ -87,3 +93,27 @@ def checkSessionDirName(name: str, maxLength: int = MAX_NAME) -> str:
     @raise BadName: If it is refused.
     """
     return _checkFileName("session name", name, maxLength, hiddenAllowed=False)
+
+
+def defaultSessionName(imagesDir: str, host: Optional[str] = None) -> str:
+    """
+    A session name that is also a safe directory name on the cache (see
+    L{checkSessionDirName}), distinct per host and images
+    directory: C{HOST-DIRNAME-HASH}, with the images directory's last
+    component and the first 8 hex digits of the SHA-256 of its absolute
+    path; characters other than letters, digits, C{.}, C{_} and C{-} become
+    C{_}.
+
+    @param imagesDir: The images directory.
+    @param host: The host's name; this host's by default.
+    @return: The name.
+    """
+    path = os.path.abspath(imagesDir)
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+    def safe(part: str, longest: int) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", part)[:longest] or "_"
+
+    host = host if host is not None else socket.gethostname()
+    name = f"{safe(host, 120)}-{safe(os.path.basename(path) or 'root', 120)}-{digest}"
+    return "_" + name[1:] if name.startswith(".") else name

@@ -21,6 +21,21 @@ from twisted.internet.endpoints import quoteStringArgument
 #: The default mode of a local socket.
 DEFAULT_MODE = 0o600
 
+#: The socket C{criu dump --stream -D DIR} connects to, inside DIR.
+CAPTURE_SOCKET = "streamer-capture.sock"
+
+#: The socket C{criu restore --stream -D DIR} connects to, inside DIR.
+SERVE_SOCKET = "streamer-serve.sock"
+
+#: The socket C{criu dump --remote} connects to, in its images directory.
+REMOTE_PROXY_SOCKET = "img-proxy.sock"
+
+#: The socket C{criu restore --remote} connects to, in its images directory.
+REMOTE_CACHE_SOCKET = "img-cache.sock"
+
+#: The socket C{imgrelay fetch} connects to, in the cache's images directory.
+FETCH_SOCKET = "imgrelay-fetch.sock"
+
 
 class UnsafeDirectory(ValueError):
     """

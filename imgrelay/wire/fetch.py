@@ -16,9 +16,6 @@ VERSION = 1
 #: The length prefix: network byte order, as on the link.
 PREFIX = "!I"
 
-#: The socket C{imgrelay fetch} connects to, in the cache's images directory.
-FETCH_SOCKET = "imgrelay-fetch.sock"
-
 FetchMessage = fetch_pb2.FetchMessage
 
 

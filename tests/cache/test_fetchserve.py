@@ -22,8 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from imgrelay.config import CacheConfig, ProxyConfig
+from imgrelay.transport.localsock import CAPTURE_SOCKET
+from imgrelay.transport.localsock import FETCH_SOCKET
 from imgrelay.wire import fetch as _fetchwire
-from imgrelay.cache.service import SERVE_SOCKET, CacheService, cacheService
+from imgrelay.cache.service import CacheService
 from imgrelay.cli.progress import Progress
 from imgrelay.cli.fetch import Fetched, connect, receive
 from imgrelay.cache.fetchserve import PIECE, FetchServeFactory, FetchServeProtocol, ImageFeed, sessionStream
@@ -31,7 +34,7 @@ from imgrelay.wire.framing import HeaderReceived, PayloadChunk
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import ManifestEntry, manifestDigest
 from imgrelay.transport.localsock import localEndpoint
-from imgrelay.proxy.service import CAPTURE_SOCKET, ProxyService
+from imgrelay.proxy.service import ProxyService
 from imgrelay.transport.senders import SocketSender
 from imgrelay.core.store import Image, Session, SessionSlot
 from imgrelay.testing import criu
@@ -287,15 +290,15 @@ class FetchIntegrationTests(TestCase):
         dumpDir, restoreDir, outDir = (os.path.join(base, d) for d in ("dump", "restore", "out"))
         os.mkdir(dumpDir, 0o700)
         os.mkdir(restoreDir, 0o700)
-        cache = CacheService(
-            reactor, "tcp:0:interface=127.0.0.1", localEndpoint(restoreDir, SERVE_SOCKET),
-            imagesDir=restoreDir,
-        )
+        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restoreDir), reactor)
         cache.startService()
         self.addCleanup(cache.stopService)
         address = await cache.linkAddress()
         proxy = ProxyService(
-            reactor, localEndpoint(dumpDir, CAPTURE_SOCKET), f"tcp:host=127.0.0.1:port={address.port}", "trace"  # type: ignore[attr-defined]
+            ProxyConfig(
+                imagesDir=dumpDir, connect=f"tcp:host=127.0.0.1:port={address.port}", sessionName="trace"  # type: ignore[attr-defined]
+            ),
+            reactor,
         )
         proxy.startService()
         self.addCleanup(proxy.stopService)
@@ -339,10 +342,10 @@ class CacheWiringTests(TestCase):
         configured mode and a lock file, and it answers.
         """
         d = tempfile.mkdtemp()
-        cache = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor, socketMode=0o660)
+        cache = CacheService(CacheConfig(imagesDir=d, listen="tcp:0:interface=127.0.0.1", socketMode=0o660), reactor)
         cache.startService()
         self.addCleanup(cache.stopService)
-        path = os.path.join(d, _fetchwire.FETCH_SOCKET)
+        path = os.path.join(d, FETCH_SOCKET)
         self.assertTrue(stat.S_ISSOCK(os.lstat(path).st_mode))
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o660)
         self.assertTrue(os.path.lexists(path + ".lock"))
@@ -354,7 +357,9 @@ class CacheWiringTests(TestCase):
         unless one is asked for.
         """
         d = tempfile.mkdtemp()
-        cache = cacheService(d, "tcp:0:interface=127.0.0.1", local=localEndpoint(d, "criu.sock"), reactor=reactor)
+        cache = CacheService(
+            CacheConfig(imagesDir=d, listen="tcp:0:interface=127.0.0.1", local=localEndpoint(d, "criu.sock")), reactor
+        )
         cache.startService()
         self.addCleanup(cache.stopService)
         self.assertEqual(sorted(os.listdir(d)), ["criu.sock", "criu.sock.lock"])

@@ -220,7 +220,9 @@ class MemoryBoundIntegrationTests(TestCase):
         """
         root = tempfile.mkdtemp(prefix="imgrelay-memory-")
         bound = 20 << 20
-        cache = imgrelay.cacheService(None, "tcp:0:interface=127.0.0.1", reactor=reactor, sessionsRoot=root, maxMemory=bound)
+        cache = imgrelay.CacheService(
+            imgrelay.CacheConfig(listen="tcp:0:interface=127.0.0.1", sessionsRoot=root, maxMemory=bound), reactor
+        )
         cache.startService()
         self.addCleanup(cache.stopService)
         port = (await cache.linkAddress()).port  # type: ignore[attr-defined]
@@ -249,7 +251,9 @@ class MemoryBoundIntegrationTests(TestCase):
         dumps = []
         for name, images in contents.items():
             dumpDir = tempfile.mkdtemp(prefix="imgrelay-memory-dump-")
-            proxy = imgrelay.proxyService(dumpDir, f"tcp:host=127.0.0.1:port={port}", name, reactor=reactor)
+            proxy = imgrelay.ProxyService(
+                imgrelay.ProxyConfig(imagesDir=dumpDir, connect=f"tcp:host=127.0.0.1:port={port}", sessionName=name), reactor
+            )
             over: Deferred[Any] = Deferred()
             proxy.addSessionObserver(over.callback)
             outcomes.append(over)

@@ -15,6 +15,7 @@ from typing import Optional
 from crc32c import crc32c
 from twisted.trial.unittest import SynchronousTestCase
 
+from imgrelay.transport.localsock import FETCH_SOCKET
 from imgrelay.wire import fetch as _fetchwire
 from imgrelay.cli.progress import Progress
 from imgrelay.cli.fetch import FetchError, Fetched, connect, fetchSocketPath, receive
@@ -209,7 +210,7 @@ class ConnectTests(SynchronousTestCase):
         A directory means the fetch socket in it; anything else is the
         socket itself.
         """
-        self.assertEqual(fetchSocketPath("/"), "/" + _fetchwire.FETCH_SOCKET)
+        self.assertEqual(fetchSocketPath("/"), "/" + FETCH_SOCKET)
         self.assertEqual(fetchSocketPath("/nonexistent/x.sock"), "/nonexistent/x.sock")
 
     def test_unreachable(self) -> None:

@@ -21,10 +21,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from imgrelay.config import CacheConfig
+from imgrelay.transport.localsock import FETCH_SOCKET
 from imgrelay.cli import main as _cli
-from imgrelay.cache.service import SERVE_SOCKET, CacheService
-from imgrelay.wire.fetch import FETCH_SOCKET
-from imgrelay.transport.localsock import localEndpoint
+from imgrelay.cache.service import CacheService
 from imgrelay.core.store import Session, SessionState
 from imgrelay.testing import criu
 from imgrelay.testing.daemons import Daemon, freePort
@@ -91,10 +91,7 @@ class SubprocessTests(TestCase):
         for name, content in images.items():
             with open(os.path.join(source, name), "wb") as f:
                 f.write(content)
-        cache = CacheService(
-            reactor, "tcp:0:interface=127.0.0.1", localEndpoint(restore, SERVE_SOCKET),
-            imagesDir=restore,
-        )
+        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore), reactor)
         released: Deferred[Session] = Deferred()
         cache.addSessionObserver(released.callback)
         cache.startService()

@@ -22,12 +22,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from imgrelay.cache.service import SERVE_SOCKET, CacheService
+from imgrelay.config import CacheConfig
+from imgrelay.cache.service import CacheService
 from imgrelay.cli.progress import Progress
 from imgrelay.cli.send import BLOCK, FileReader, SendError, linkEndpoint, listImages, send
 from imgrelay.cli.fetch import Fetched, connect, receive
 from imgrelay.core.interfaces import IOutgoingImage
-from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.session import SessionOutcome
 from imgrelay.transport.tls import TLSFiles
 from imgrelay.testing import criu
@@ -174,10 +174,7 @@ class SendTests(TestCase):
         self.base = tempfile.mkdtemp(prefix="imgrelay-send-")
         restore = os.path.join(self.base, "restore")
         os.mkdir(restore, 0o700)
-        cache = CacheService(
-            reactor, "tcp:0:interface=127.0.0.1", localEndpoint(restore, SERVE_SOCKET),
-            tls=tls, imagesDir=restore,
-        )
+        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore, tls=tls), reactor)
         cache.startService()
         self.addCleanup(cache.stopService)
         address: Any = await cache.linkAddress()

@@ -419,11 +419,11 @@ class LazyImportTests(SynchronousTestCase):
         d = tempfile.mkdtemp()
         script = (
             "import sys, imgrelay\n"
-            f"imgrelay.cacheService({d!r}, 'tcp:0:interface=127.0.0.1')\n"
-            f"imgrelay.proxyService({d!r}, 'tcp:host=127.0.0.1:port=1')\n"
+            f"imgrelay.CacheService(imgrelay.CacheConfig(imagesDir={d!r}, listen='tcp:0:interface=127.0.0.1'))\n"
+            f"imgrelay.ProxyService(imgrelay.ProxyConfig(imagesDir={d!r}, connect='tcp:host=127.0.0.1:port=1'))\n"
             "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
-            f"imgrelay.cacheService({d!r}, 'tcp:0', local='unix:' + {d!r} + '/x.sock',"
-            " observability=imgrelay.Observability(http='tcp:0'))\n"
+            f"imgrelay.CacheService(imgrelay.CacheConfig(imagesDir={d!r}, listen='tcp:0', local='unix:' + {d!r} + '/x.sock',"
+            " observability=imgrelay.Observability(http='tcp:0')))\n"
             "print('prometheus_client' in sys.modules, 'twisted.web.server' in sys.modules)\n"
         )
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60)

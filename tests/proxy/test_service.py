@@ -11,7 +11,7 @@ import socket
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.core.names import checkSessionDirName
-from imgrelay.proxy.service import defaultSessionName
+from imgrelay.core.names import defaultSessionName
 
 
 class DefaultSessionNameTests(SynchronousTestCase):

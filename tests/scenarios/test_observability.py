@@ -77,9 +77,12 @@ class ObservabilityTests(TestCase):
 
     def startCache(self, **options: Any) -> imgrelay.CacheService:
         self.restoreDir = tempfile.mkdtemp()
-        cache = imgrelay.cacheService(
-            self.restoreDir, "tcp:0:interface=127.0.0.1", reactor=reactor,
-            observability=imgrelay.Observability(**options),
+        cache = imgrelay.CacheService(
+            imgrelay.CacheConfig(
+                imagesDir=self.restoreDir, listen="tcp:0:interface=127.0.0.1",
+                observability=imgrelay.Observability(**options),
+            ),
+            reactor,
         )
         cache.startService()
         self.addCleanup(cache.stopService)
@@ -117,9 +120,12 @@ class ObservabilityTests(TestCase):
         dumpDir = tempfile.mkdtemp()
         pr, pw = self.pipe()
         self.addCleanup(os.close, pr)
-        proxy = imgrelay.proxyService(
-            dumpDir, f"tcp:host=127.0.0.1:port={linkPort}", sessionName="good", reactor=reactor,
-            observability=imgrelay.Observability(statusFd=pw),
+        proxy = imgrelay.ProxyService(
+            imgrelay.ProxyConfig(
+                imagesDir=dumpDir, connect=f"tcp:host=127.0.0.1:port={linkPort}", sessionName="good",
+                observability=imgrelay.Observability(statusFd=pw),
+            ),
+            reactor,
         )
         proxy.startService()
         self.addCleanup(proxy.stopService)

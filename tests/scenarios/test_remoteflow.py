@@ -16,9 +16,11 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from imgrelay.cache.service import REMOTE_CACHE_SOCKET, CacheService
+from imgrelay.config import CacheConfig, ProxyConfig
+from imgrelay.transport.localsock import REMOTE_CACHE_SOCKET, REMOTE_PROXY_SOCKET
+from imgrelay.cache.service import CacheService
 from imgrelay.transport.localsock import localEndpoint
-from imgrelay.proxy.service import REMOTE_PROXY_SOCKET, ProxyService
+from imgrelay.proxy.service import ProxyService
 from imgrelay.proxy.session import SessionOutcome
 from imgrelay.local.remote import O_RDONLY, O_WRONLY
 from imgrelay.core.store import SessionState
@@ -45,17 +47,23 @@ class RemoteRelay:
 
     async def start(self) -> "RemoteRelay":
         self.cache = CacheService(
-            reactor, "tcp:0:interface=127.0.0.1", localEndpoint(self.restoreDir, REMOTE_CACHE_SOCKET),
-            protocol="remote", link=self.link,
+            CacheConfig(
+                listen="tcp:0:interface=127.0.0.1", local=localEndpoint(self.restoreDir, REMOTE_CACHE_SOCKET),
+                protocol="remote", link=self.link,
+            ),
+            reactor,
         )
         self.cache.addSessionObserver(self.released.append)
         self.cache.startService()
         self.case.addCleanup(self.cache.stopService)
         address = await self.cache.linkAddress()
         self.proxy = ProxyService(
-            reactor, localEndpoint(self.dumpDir, REMOTE_PROXY_SOCKET),
-            f"tcp:host=127.0.0.1:port={address.port}", "remote-test", protocol="remote",  # type: ignore[attr-defined]
-            link=self.link,
+            ProxyConfig(
+                local=localEndpoint(self.dumpDir, REMOTE_PROXY_SOCKET),
+                connect=f"tcp:host=127.0.0.1:port={address.port}",  # type: ignore[attr-defined]
+                sessionName="remote-test", protocol="remote", link=self.link,
+            ),
+            reactor,
         )
         self.proxy.addSessionObserver(self.outcomes.append)
         self.proxy.startService()

@@ -105,8 +105,8 @@ class ManySessionsTests(TestCase):
         self._whenReleased: list[tuple[str, Deferred[Session]]] = []
 
     async def startCache(self, **kwargs: Any) -> imgrelay.CacheService:
-        cache = imgrelay.cacheService(
-            None, "tcp:0:interface=127.0.0.1", reactor=reactor, sessionsRoot=self.root, clock=self.clock, **kwargs
+        cache = imgrelay.CacheService(
+            imgrelay.CacheConfig(listen="tcp:0:interface=127.0.0.1", sessionsRoot=self.root, **kwargs), reactor, self.clock
         )
         cache.addSessionObserver(self._released)
         cache.startService()
@@ -185,7 +185,7 @@ class ManySessionsTests(TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.sessionDir("host-b-dump-00000000"), "streamer-serve.sock")))
 
         dump = tempfile.mkdtemp()
-        proxy = imgrelay.proxyService(dump, f"tcp:host=127.0.0.1:port={self.port}", reactor=reactor)
+        proxy = imgrelay.ProxyService(imgrelay.ProxyConfig(imagesDir=dump, connect=f"tcp:host=127.0.0.1:port={self.port}"), reactor)
         outcomes: list[Any] = []
         outcome: Deferred[None] = Deferred()
 
@@ -369,8 +369,8 @@ class SingleDirectoryRetainTests(TestCase):
         restoreDir = tempfile.mkdtemp()
         clock = Clock()
         released: list[Session] = []
-        cache = imgrelay.cacheService(
-            restoreDir, "tcp:0:interface=127.0.0.1", reactor=reactor, retain=30, clock=clock
+        cache = imgrelay.CacheService(
+            imgrelay.CacheConfig(imagesDir=restoreDir, listen="tcp:0:interface=127.0.0.1", retain=30), reactor, clock
         )
         cache.addSessionObserver(released.append)
         cache.startService()

@@ -20,7 +20,9 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from imgrelay.cache.service import SERVE_SOCKET, CacheService
+from imgrelay.config import CacheConfig, ProxyConfig
+from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
+from imgrelay.cache.service import CacheService
 from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import RunningChecksum
@@ -28,7 +30,7 @@ from imgrelay.local.streamserve import StreamServeProtocol
 from imgrelay.wire.criu import streamReply
 from imgrelay.wire.pb.criu_pb2 import StreamRequest
 from imgrelay.transport.localsock import localEndpoint
-from imgrelay.proxy.service import CAPTURE_SOCKET, ProxyService
+from imgrelay.proxy.service import ProxyService
 from imgrelay.proxy.session import SessionOutcome
 from imgrelay.core.store import Image, SessionSlot, SessionState
 from imgrelay.testing import criu
@@ -52,16 +54,20 @@ class Relay:
         self.released: list[Any] = []
 
     async def start(self, sessionName: str = "test-session") -> "Relay":
-        self.cache = CacheService(reactor, "tcp:0:interface=127.0.0.1", localEndpoint(self.restoreDir, SERVE_SOCKET))
+        self.cache = CacheService(
+            CacheConfig(listen="tcp:0:interface=127.0.0.1", local=localEndpoint(self.restoreDir, SERVE_SOCKET)), reactor
+        )
         self.cache.addSessionObserver(self.released.append)
         self.cache.startService()
         self.case.addCleanup(self.cache.stopService)
         address = await self.cache.linkAddress()
         self.proxy = ProxyService(
+            ProxyConfig(
+                local=localEndpoint(self.dumpDir, CAPTURE_SOCKET),
+                connect=f"tcp:host=127.0.0.1:port={address.port}",  # type: ignore[attr-defined]
+                sessionName=sessionName,
+            ),
             reactor,
-            localEndpoint(self.dumpDir, CAPTURE_SOCKET),
-            f"tcp:host=127.0.0.1:port={address.port}",  # type: ignore[attr-defined]
-            sessionName,
         )
         self.proxy.addSessionObserver(self.outcomes.append)
         self.proxy.startService()

@@ -16,7 +16,8 @@ from twisted.internet.error import CannotListenError
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from imgrelay import cacheService
+from imgrelay.cache.service import CacheService
+from imgrelay.config import CacheConfig
 from imgrelay.transport.localsock import UnsafeDirectory, checkDirectory, localEndpoint, parseMode
 from imgrelay.tap import CacheOptions
 
@@ -68,13 +69,13 @@ class CheckDirectoryTests(SynchronousTestCase):
 
     def test_daemonRefusesToStart(self) -> None:
         """
-        The daemon's options refuse an unsafe images directory, and the
-        public service function too.
+        The daemon's options refuse an unsafe images directory, and so does
+        the public config.
         """
         os.chmod(self.dir, 0o777)
         error = self.assertRaises(UsageError, CacheOptions().parseOptions, ["-D", self.dir, "--listen", "tcp:0"])
         self.assertIn("--images-dir", str(error))
-        self.assertRaises(UnsafeDirectory, cacheService, self.dir, "tcp:0")
+        self.assertRaises(UnsafeDirectory, CacheConfig, imagesDir=self.dir, listen="tcp:0")
 
 
 class ModeTests(SynchronousTestCase):
@@ -111,10 +112,10 @@ class StaleSocketTests(TestCase):
         first runs, and the first's socket still answers.
         """
         d = tempfile.mkdtemp()
-        first = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor)
+        first = CacheService(CacheConfig(imagesDir=d, listen="tcp:0:interface=127.0.0.1"), reactor)
         first.startService()
         self.addCleanup(first.stopService)
-        second = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor)
+        second = CacheService(CacheConfig(imagesDir=d, listen="tcp:0:interface=127.0.0.1"), reactor)
         # Its link port opened first; the listeners after the one that
         # failed never started, and cannot be stopped.
         self.addCleanup(
@@ -135,7 +136,7 @@ class StaleSocketTests(TestCase):
         dead.close()
         # The lock of a process that no longer exists.
         os.symlink("999999999", path + ".lock")
-        cache = cacheService(d, "tcp:0:interface=127.0.0.1", reactor=reactor)
+        cache = CacheService(CacheConfig(imagesDir=d, listen="tcp:0:interface=127.0.0.1"), reactor)
         cache.startService()
         self.addCleanup(cache.stopService)
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))

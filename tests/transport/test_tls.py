@@ -23,9 +23,10 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from imgrelay.cache.service import SERVE_SOCKET, CacheService
-from imgrelay.transport.localsock import localEndpoint
-from imgrelay.proxy.service import CAPTURE_SOCKET, ProxyService
+from imgrelay.config import CacheConfig, ProxyConfig
+from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
+from imgrelay.cache.service import CacheService
+from imgrelay.proxy.service import ProxyService
 from imgrelay.proxy.session import SessionOutcome
 from imgrelay.transport.tls import TLSFiles, hostOf, load
 from imgrelay.tap import CacheOptions, ProxyOptions
@@ -110,13 +111,19 @@ class TLSMigrationTests(TestCase):
         @return: The proxy's outcome.
         """
         dump, restore = tempfile.mkdtemp(dir=self.base), tempfile.mkdtemp(dir=self.base)
-        cache = CacheService(reactor, "tcp:0:interface=127.0.0.1", localEndpoint(restore, SERVE_SOCKET),
-                             tls=cacheFiles or self.cacheFiles)
+        cache = CacheService(
+            CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore, tls=cacheFiles or self.cacheFiles), reactor
+        )
         cache.startService()
         self.addCleanup(cache.stopService)
         address = await cache.linkAddress()
-        proxy = ProxyService(reactor, localEndpoint(dump, CAPTURE_SOCKET),
-                             f"tcp:host=127.0.0.1:port={address.port}", "tls-test", tls=proxyFiles)  # type: ignore[attr-defined]
+        proxy = ProxyService(
+            ProxyConfig(
+                imagesDir=dump, connect=f"tcp:host=127.0.0.1:port={address.port}",  # type: ignore[attr-defined]
+                sessionName="tls-test", tls=proxyFiles,
+            ),
+            reactor,
+        )
         outcomes: list[Any] = []
         proxy.addSessionObserver(outcomes.append)
         proxy.startService()
