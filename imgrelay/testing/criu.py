@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_criuclient -*-
+# -*- test-case-name: tests.scenarios.test_stream,tests.cache.test_fetchserve -*-
 """
 A CRIU-like client for C{criu dump --stream} and C{criu restore --stream},
 blocking and independent of imgrelay's own code: it builds every byte from

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_demo -*-
 """
 The loopback demo: C{python -m imgrelay.testing.demo}.
 
