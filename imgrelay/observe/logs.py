@@ -12,6 +12,10 @@ C{--verbose} logs every image.
 
 from __future__ import annotations
 
+import sys
+
+from twisted.logger import ILogObserver, jsonFileLogObserver
+
 #: Images of at least this many bytes get a line of their own.
 LARGE_IMAGE = 1 << 20
 
@@ -30,3 +34,14 @@ def logsImage(size: int, verbose: bool) -> bool:
     @return: Whether an image of C{size} bytes gets its own log line.
     """
     return verbose or size >= LARGE_IMAGE
+
+
+def jsonObserver() -> ILogObserver:
+    """
+    A log observer factory for C{twistd --logger=imgrelay.observe.logs.jsonObserver}:
+    every event as one JSON object per line on standard output, its
+    fields (a session's C{stats} record among them) kept whole.
+
+    @return: The observer.
+    """
+    return jsonFileLogObserver(sys.stdout)

@@ -44,3 +44,28 @@ class LogsImageTests(SynchronousTestCase):
                 session.acked(image.id)
             acks = [e for e in logs if "acknowledged" in e.get("log_format", "")]
             self.assertEqual(len(acks), expected)
+
+
+class JSONObserverTests(SynchronousTestCase):
+    """
+    Tests for L{jsonObserver}, the factory twistd's C{--logger} names.
+    """
+
+    def test_jsonLines(self) -> None:
+        """
+        The observer writes each event as one JSON line on standard output,
+        with its fields.
+        """
+        import io
+        import json
+        import sys
+
+        from twisted.logger import Logger
+
+        from imgrelay.observe.logs import jsonObserver
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        Logger(namespace="t", observer=jsonObserver()).info("session {session} complete", session="web-1")
+        event = json.loads(out.getvalue().strip("\x1e").strip())
+        self.assertEqual((event["session"], event["log_format"]), ("web-1", "session {session} complete"))
