@@ -25,14 +25,13 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from imgrelay.wire.criu import FD_BYTE, PREFIX, frame
+from imgrelay.wire.criu import FD_BYTE, PREFIX, decodeLocalImageHeader, decodeSnapshotIdRecord, frame
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import (
     DEFAULT_MAX_HEADER,
     Framer,
     FramingError,
     HeaderReceived,
-    MalformedHeader,
     PayloadChunk,
     PayloadDone,
 )
@@ -114,20 +113,6 @@ class IRemoteBackend(Interface):
         """
 
 
-def _decodeHeader(data: bytes) -> tuple[LocalImageHeader, None]:
-    header = LocalImageHeader.FromString(data)
-    if not isinstance(header.name, str) or not isinstance(header.snapshot_id, str):
-        raise MalformedHeader("image name or snapshot id is not UTF-8")
-    return header, None
-
-
-def _decodeRecord(data: bytes) -> tuple[SnapshotIdRecord, int]:
-    record = SnapshotIdRecord.FromString(data)
-    if not isinstance(record.snapshot_id, str):
-        raise MalformedHeader("snapshot id is not UTF-8")
-    return record, 0
-
-
 def reply(error: int) -> bytes:
     """
     @return: A framed local reply.
@@ -161,8 +146,8 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._reactor = reactor
         self._idleTimeout = idleTimeout
         self._limits = Limits()
-        self._framer: Framer[Any] = Framer(_decodeHeader, PREFIX, DEFAULT_MAX_HEADER)
-        self._records: Framer[SnapshotIdRecord] = Framer(_decodeRecord, PREFIX, DEFAULT_MAX_HEADER)
+        self._framer: Framer[Any] = Framer(decodeLocalImageHeader, PREFIX, DEFAULT_MAX_HEADER)
+        self._records: Framer[SnapshotIdRecord] = Framer(decodeSnapshotIdRecord, PREFIX, DEFAULT_MAX_HEADER)
         self._fds: deque[int] = deque()
         self.expecting = "header"
         self._what = "header"

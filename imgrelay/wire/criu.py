@@ -27,6 +27,40 @@ def frame(message: Message) -> bytes:
     return encodeHeader(message, PREFIX)
 
 
+def decodeLocalImageHeader(data: bytes) -> tuple[criu_pb2.LocalImageHeader, None]:
+    """
+    Decode the header of a remote-protocol connection (spec section 2), for
+    a L{Framer}: what follows it depends on what it says.
+
+    @param data: The header's body, without its prefix.
+    @return: The header, and None: the consumer decides the payload.
+    @raise MalformedHeader: If its name or snapshot id is not UTF-8.
+    @raise google.protobuf.message.DecodeError: If it is no header (the
+        framer reports that as L{MalformedHeader} too).
+    """
+    header = criu_pb2.LocalImageHeader.FromString(data)
+    if not isinstance(header.name, str) or not isinstance(header.snapshot_id, str):
+        raise MalformedHeader("image name or snapshot id is not UTF-8")
+    return header, None
+
+
+def decodeSnapshotIdRecord(data: bytes) -> tuple[criu_pb2.SnapshotIdRecord, int]:
+    """
+    Decode one record of CRIU's snapshot list (spec section 2), for a
+    L{Framer}.
+
+    @param data: The record's body, without its prefix.
+    @return: The record, and 0: records follow each other back to back.
+    @raise MalformedHeader: If its snapshot id is not UTF-8.
+    @raise google.protobuf.message.DecodeError: If it is no record (the
+        framer reports that as L{MalformedHeader} too).
+    """
+    record = criu_pb2.SnapshotIdRecord.FromString(data)
+    if not isinstance(record.snapshot_id, str):
+        raise MalformedHeader("snapshot id is not UTF-8")
+    return record, 0
+
+
 def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:
     request = criu_pb2.StreamRequest.FromString(data)
     # proto2 strings are not checked by the parser: invalid UTF-8 comes
