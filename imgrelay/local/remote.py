@@ -25,7 +25,18 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from imgrelay.wire.criu import FD_BYTE, PREFIX, decodeLocalImageHeader, decodeSnapshotIdRecord, frame
+from imgrelay.wire.criu import (
+    ENOENT,
+    FD_BYTE,
+    O_APPEND,
+    O_RDONLY,
+    PARENT,
+    PREFIX,
+    decodeLocalImageHeader,
+    decodeSnapshotIdRecord,
+    frame,
+    localReply,
+)
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import (
     DEFAULT_MAX_HEADER,
@@ -38,17 +49,9 @@ from imgrelay.wire.framing import (
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.core.limits import CountedFactory, Limits, limitsOf
 from imgrelay.core.names import BadName, checkId, checkImageName
-from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord
+from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
 from imgrelay.transport.pipes import PipeReader, PipeWriter
 from imgrelay.core.store import Image
-
-O_RDONLY = 0
-O_WRONLY = 1
-O_APPEND = 1024
-ENOENT = 2
-
-#: The name of the snapshot list.
-PARENT = "parent"
 
 #: Content that runs to the socket's end: a payload longer than any.
 _TO_EOF = 1 << 62
@@ -111,13 +114,6 @@ class IRemoteBackend(Interface):
         An operation failed in a way that makes the session's images
         untrustworthy (a write cut short).
         """
-
-
-def reply(error: int) -> bytes:
-    """
-    @return: A framed local reply.
-    """
-    return frame(LocalReply(error=error))
 
 
 @implementer(IFileDescriptorReceiver)
@@ -400,10 +396,10 @@ class RemoteProtocol(Protocol, TimeoutMixin):
             return
         transport = self._transport()
         if image is None:
-            transport.write(reply(ENOENT))
+            transport.write(localReply(ENOENT))
             self._finish()
         elif snapshotId:
-            transport.write(reply(0))
+            transport.write(localReply(0))
             self._serving = image
             self.expecting = "pipe"
             self._framer.expectPayload(1)
@@ -412,7 +408,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
             if not self._parsing:
                 self.dataReceived(b"")
         else:
-            transport.writeSequence([reply(0)] + [bytes(p) for p in image.data.pieces])
+            transport.writeSequence([localReply(0)] + [bytes(p) for p in image.data.pieces])
             self._finish()
 
     def _sendSnapshots(self, snapshots: Optional[list[str]]) -> None:
@@ -420,9 +416,9 @@ class RemoteProtocol(Protocol, TimeoutMixin):
             return
         transport = self._transport()
         if snapshots is None:
-            transport.write(reply(ENOENT))
+            transport.write(localReply(ENOENT))
         else:
-            transport.writeSequence([reply(0)] + [frame(SnapshotIdRecord(snapshot_id=s)) for s in snapshots])
+            transport.writeSequence([localReply(0)] + [frame(SnapshotIdRecord(snapshot_id=s)) for s in snapshots])
         self._finish()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:

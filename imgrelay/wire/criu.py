@@ -18,6 +18,21 @@ PREFIX = "<I"
 #: The byte CRIU sends with each passed file descriptor.
 FD_BYTE = b"\x00"
 
+#: A remote-protocol header's C{open_mode}: a read (Linux's value).
+O_RDONLY = 0
+
+#: A remote-protocol header's C{open_mode}: a write (Linux's value).
+O_WRONLY = 1
+
+#: A remote-protocol header's C{open_mode} bit: an append (Linux's value).
+O_APPEND = 1024
+
+#: The local reply's error for an image that does not exist.
+ENOENT = 2
+
+#: The image name of the remote protocol's snapshot list.
+PARENT = "parent"
+
 
 def frame(message: Message) -> bytes:
     """
@@ -59,6 +74,14 @@ def decodeSnapshotIdRecord(data: bytes) -> tuple[criu_pb2.SnapshotIdRecord, int]
     if not isinstance(record.snapshot_id, str):
         raise MalformedHeader("snapshot id is not UTF-8")
     return record, 0
+
+
+def localReply(error: int) -> bytes:
+    """
+    @param error: 0, or an errno such as L{ENOENT}.
+    @return: The framed local reply to a remote-protocol read.
+    """
+    return frame(criu_pb2.LocalReply(error=error))
 
 
 def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:

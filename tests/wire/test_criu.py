@@ -13,11 +13,17 @@ from google.protobuf.message import Message
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.wire.criu import (
+    ENOENT,
     FD_BYTE,
+    O_APPEND,
+    O_RDONLY,
+    O_WRONLY,
+    PARENT,
     PREFIX,
     decodeLocalImageHeader,
     decodeSnapshotIdRecord,
     frame,
+    localReply,
     streamCaptureFramer,
     streamReply,
     streamServeFramer,
@@ -111,6 +117,14 @@ class ConstantsTests(SynchronousTestCase):
         """
         self.assertEqual(PREFIX, "<I")
         self.assertEqual(FD_BYTE, b"\x00")
+
+    def test_remoteValues(self) -> None:
+        """
+        The remote protocol's open modes and ENOENT are Linux's values, and
+        its snapshot list is the image C{parent}.
+        """
+        self.assertEqual((O_RDONLY, O_WRONLY, O_APPEND, ENOENT), (0, 1, 1024, 2))
+        self.assertEqual(PARENT, "parent")
 
 
 class VectorTests(SynchronousTestCase):
@@ -227,6 +241,19 @@ class RemoteDecoderTests(SynchronousTestCase):
             framer: Framer[Any] = Framer(decode, PREFIX)
             with self.assertRaises(MalformedHeader):
                 list(framer.feed(b"\x02\x00\x00\x00\xff\xff"))
+
+
+class LocalReplyTests(SynchronousTestCase):
+    """
+    L{localReply} encodes the remote protocol's answer to a read.
+    """
+
+    def test_vectors(self) -> None:
+        """
+        Error 0 and ENOENT are the spec's reply vectors.
+        """
+        self.assertEqual(localReply(0), REPLY_OK)
+        self.assertEqual(localReply(ENOENT), REPLY_ENOENT)
 
 
 class StreamReplyTests(SynchronousTestCase):
