@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
 from imgrelay.wire.criu import (
     ENOENT,
@@ -47,6 +47,7 @@ from imgrelay.wire.framing import (
     PayloadDone,
 )
 from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.core.limits import CountedFactory, Limits, limitsOf
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
@@ -58,62 +59,6 @@ _TO_EOF = 1 << 62
 
 #: How long a local connection may take to send its header and pipe.
 DEFAULT_IDLE_TIMEOUT = 30.0
-
-
-class IRemoteBackend(Interface):
-    """
-    What one side does with the operations of CRIU's remote protocol.
-    """
-
-    ready = Attribute("A Deferred that fires once operations can be served.")
-
-    def openImage(snapshotId: str, name: str, append: bool) -> Any:
-        """
-        A write or append begins.
-
-        @return: A Deferred firing with the L{IOutgoingImage} once its
-            content may flow, or failing with L{SessionError} if this side
-            takes no images.
-        """
-
-    def readImage(snapshotId: str, name: str) -> Any:
-        """
-        @return: A Deferred firing with the L{Image}, or None for ENOENT.
-        """
-
-    def pushSnapshot(snapshotId: str) -> None:
-        """
-        Add to the snapshot list.
-
-        @raise SessionError: If this side takes no snapshots.
-        """
-
-    def snapshots() -> Any:
-        """
-        @return: A Deferred firing with the snapshot list (None: ENOENT).
-        """
-
-    def finish(openMode: int) -> None:
-        """
-        FINISH arrived: C{openMode} 1 from a dump, 0 from a restore.
-        """
-
-    def connectionOpened() -> None:
-        """
-        A local connection was accepted; its header is still to come.
-        """
-
-    def headerDone() -> None:
-        """
-        A connection counted by L{connectionOpened} has parsed its header,
-        or ended without one.
-        """
-
-    def abort(reason: str) -> None:
-        """
-        An operation failed in a way that makes the session's images
-        untrustworthy (a write cut short).
-        """
 
 
 @implementer(IFileDescriptorReceiver)

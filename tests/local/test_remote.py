@@ -17,7 +17,8 @@ from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.proxy.session import ProxySession
-from imgrelay.local.remote import IRemoteBackend, RemoteProtocol
+from imgrelay.local.interfaces import IRemoteBackend
+from imgrelay.local.remote import RemoteProtocol
 from imgrelay.local.remotesides import CacheRemoteBackend, ProxyRemoteBackend
 from imgrelay.core.store import Image, SessionSlot
 
