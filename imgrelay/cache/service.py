@@ -20,13 +20,13 @@ from imgrelay.local.criulink import CriuLinkReceiverFactory
 from imgrelay.observe.feeds import observeCache
 from imgrelay.cache.fetchserve import FetchServeFactory
 from imgrelay.wire.fetch import FETCH_SOCKET
-from imgrelay.core.limits import Limits
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
 from imgrelay.cache.memory import MemoryBound
 from imgrelay.transport.localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.service import LINKS, PROTOCOLS
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS, SessionRegistry
-from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
+from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.remotesides import CacheRemoteBackend
 from imgrelay.cache.sessiondirs import SessionDirectories, SocketTable
 from imgrelay.core.store import Session, SessionSlot

@@ -36,6 +36,12 @@ class Limits:
     maxNameLength: int = MAX_NAME
 
 
+#: How long a new connection may take to open its exchange, in seconds: a
+#: link's hello (or the answer to it), a remote-protocol connection's
+#: header and pipe.
+DEFAULT_IDLE_TIMEOUT = 30.0
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -48,7 +48,7 @@ from imgrelay.wire.framing import (
 )
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.local.interfaces import IRemoteBackend
-from imgrelay.core.limits import CountedFactory, Limits, limitsOf
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, CountedFactory, Limits, limitsOf
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
 from imgrelay.transport.pipes import PipeReader, PipeWriter
@@ -56,9 +56,6 @@ from imgrelay.core.store import Image
 
 #: Content that runs to the socket's end: a payload longer than any.
 _TO_EOF = 1 << 62
-
-#: How long a local connection may take to send its header and pipe.
-DEFAULT_IDLE_TIMEOUT = 30.0
 
 
 @implementer(IFileDescriptorReceiver)

@@ -19,14 +19,14 @@ from twisted.python.failure import Failure
 from imgrelay.local.criulink import CriuLinkSenderFactory
 from imgrelay.core.errors import SessionError
 from imgrelay.observe.feeds import observeProxy
-from imgrelay.core.limits import Limits
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
 from imgrelay.transport.localsock import DEFAULT_MODE, checkDirectory, localEndpoint
 from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay.proxy.session import ProxySession, SessionOutcome
-from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT, RemoteFactory
+from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.remotesides import ProxyRemoteBackend
 from imgrelay.local.streamcapture import StreamCaptureFactory
 from imgrelay.transport.tls import TLSFiles, clientEndpoint, hostOf
