@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -39,7 +39,6 @@ from imgrelay.wire.criu import (
 )
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import (
-    DEFAULT_MAX_HEADER,
     Framer,
     FramingError,
     HeaderReceived,
@@ -48,7 +47,8 @@ from imgrelay.wire.framing import (
 )
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.local.interfaces import IRemoteBackend
-from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, CountedFactory, Limits, limitsOf
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
+from imgrelay.local.admit import AdmittingFactory
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
 from imgrelay.transport.pipes import PipeReader, PipeWriter
@@ -72,20 +72,25 @@ class RemoteProtocol(Protocol, TimeoutMixin):
     log = Logger()
 
     def __init__(
-        self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+        self, backend: IRemoteBackend, reactor: Any, limits: Limits, closed: Callable[[], None],
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         """
         @param backend: What the operations do.
         @param reactor: Where pipes are read and written, and time kept.
+        @param limits: The daemon's limits (the longest header or record,
+            the longest image name).
+        @param closed: Called once the connection closed.
         @param idleTimeout: How long a client may take to send its header
             and pipe; None for ever.
         """
         self._backend = backend
         self._reactor = reactor
         self._idleTimeout = idleTimeout
-        self._limits = Limits()
-        self._framer: Framer[Any] = Framer(decodeLocalImageHeader, PREFIX, DEFAULT_MAX_HEADER)
-        self._records: Framer[SnapshotIdRecord] = Framer(decodeSnapshotIdRecord, PREFIX, DEFAULT_MAX_HEADER)
+        self._limits = limits
+        self._closed = closed
+        self._framer: Framer[Any] = Framer(decodeLocalImageHeader, PREFIX, limits.maxHeaderSize)
+        self._records: Framer[SnapshotIdRecord] = Framer(decodeSnapshotIdRecord, PREFIX, limits.maxHeaderSize)
         self._fds: deque[int] = deque()
         self.expecting = "header"
         self._what = "header"
@@ -112,8 +117,6 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Hold the connection until the backend is ready; time out a client
         that sends no header.
         """
-        self._limits = limitsOf(self)
-        self._framer.maxHeaderSize = self._records.maxHeaderSize = self._limits.maxHeaderSize
         self.setTimeout(self._idleTimeout)
         self._headerPending = True
         self._backend.connectionOpened()
@@ -368,8 +371,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Content on the socket ends with the socket; anything else cut short
         is an error.
         """
-        if isinstance(self.factory, CountedFactory):
-            self.factory.connectionClosed(self)
+        self._closed()
         self._headerSeen()
         self.setTimeout(None)
         while self._fds:
@@ -397,24 +399,28 @@ class RemoteProtocol(Protocol, TimeoutMixin):
                 self._backend.abort(f"{self._what} ended before its pipe came")
 
 
-class RemoteFactory(CountedFactory, Factory):
+class RemoteFactory(AdmittingFactory[RemoteProtocol]):
     """
     Serve a remote-protocol socket for a backend.
     """
 
-    noisy = False
-
-    def __init__(self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT) -> None:
+    def __init__(
+        self, backend: IRemoteBackend, reactor: Any, limits: Limits, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+    ) -> None:
+        """
+        @param backend: What the operations do.
+        @param reactor: Where pipes are read and written, and time kept.
+        @param limits: The daemon's limits.
+        @param idleTimeout: How long a client may take to send its header
+            and pipe; None for ever.
+        """
+        AdmittingFactory.__init__(self, limits)
         self.backend = backend
         self.reactor = reactor
         self.idleTimeout = idleTimeout
 
-    def buildProtocol(self, addr: object) -> RemoteProtocol:
+    def buildAdmitted(self, closed: Callable[[], None]) -> RemoteProtocol:
         """
         @return: A protocol for one local connection.
         """
-        if not self.admit(addr):
-            return None  # type: ignore[return-value]
-        p = RemoteProtocol(self.backend, self.reactor, self.idleTimeout)
-        p.factory = self
-        return p
+        return RemoteProtocol(self.backend, self.reactor, self.limits, closed, self.idleTimeout)

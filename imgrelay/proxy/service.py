@@ -136,11 +136,9 @@ class ProxyService(MultiService):
         self.sessions: set[ProxySession] = set()
         factory: Factory
         if protocol == "remote":
-            factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, idleTimeout)
+            factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, limits, idleTimeout)
         else:
-            factory = StreamCaptureFactory(self.newSession, reactor)
-        factory.connectionLimit = limits.maxLocalConnections
-        factory.limits = limits
+            factory = StreamCaptureFactory(self.newSession, reactor, limits)
         localService = strports.service(local, factory, reactor=reactor)
         localService.setServiceParent(self)
         self.observer = observeProxy(self, observability, reactor, {"local": localService})

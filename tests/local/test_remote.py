@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.core.limits import Limits
 from imgrelay.proxy.session import ProxySession
 from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.local.remote import RemoteProtocol
@@ -113,7 +114,7 @@ class RemoteProtocolTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def connect(self) -> tuple[RemoteProtocol, StringTransport]:
-        protocol = RemoteProtocol(self.backend, self.reactor, idleTimeout=30)
+        protocol = RemoteProtocol(self.backend, self.reactor, Limits(), lambda: None, idleTimeout=30)
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
@@ -276,7 +277,7 @@ class FinishOrderTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
 
         def connect() -> tuple[RemoteProtocol, StringTransport]:
-            protocol = RemoteProtocol(backend, reactor)
+            protocol = RemoteProtocol(backend, reactor, Limits(), lambda: None)
             transport = StringTransport()
             protocol.makeConnection(transport)
             return protocol, transport
