@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from imgrelay.core.limits import Limits
 
-_P = TypeVar("_P", bound=Protocol)
+_P = TypeVar("_P", bound=Protocol, covariant=True)
 
 
 class AdmittingFactory(Factory, Generic[_P]):
