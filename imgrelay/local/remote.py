@@ -319,7 +319,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._image = None
         reader = PipeReader(
             fd, self._reactor, image.write, lambda error: self._pipeEnded(image, error),
-            ring=getattr(image, "ring", None),
+            ring=image.ring,
         )
         image.attachProducer(reader)
         self._finish()

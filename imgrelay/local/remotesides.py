@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgrelay.core.errors import SessionError
-from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.core.interfaces import IOutgoingImage, IReadBuffers
 from imgrelay.wire.link import APPEND, REPLACE
 from imgrelay.proxy.session import ProxySession
 from imgrelay.local.remote import O_RDONLY, IRemoteBackend
@@ -38,8 +38,8 @@ class _Version:
         self.name = image.name
 
     @property
-    def ring(self) -> object:
-        return getattr(self._image, "ring", None)
+    def ring(self) -> Optional[IReadBuffers]:
+        return self._image.ring
 
     def attachProducer(self, producer: object) -> None:
         self._image.attachProducer(producer)

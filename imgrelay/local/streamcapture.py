@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.scenarios.test_stream,tests.scenarios.test_fuzz -*-
+# -*- test-case-name: tests.local.test_streamcapture,tests.scenarios.test_stream,tests.scenarios.test_fuzz -*-
 """
 The proxy's local side for CRIU's C{--stream} dump: CRIU connects to
 C{DIR/streamer-capture.sock}, names each image and passes the read end of a
@@ -122,7 +122,7 @@ class StreamCaptureProtocol(Protocol):
             raise
         reader = PipeReader(
             fd, self._reactor, image.write, lambda err: self._pipeEnded(image, reader, err),
-            ring=getattr(image, "ring", None),
+            ring=image.ring,
         )
         self._readers.add(reader)
         image.attachProducer(reader)

@@ -925,6 +925,8 @@ class _FakeImage:
     An image the fake sink was given.
     """
 
+    ring = None
+
     def __init__(self, sink: "_FakeSink", name: str) -> None:
         self.sink = sink
         self.name = name
