@@ -25,26 +25,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.wire.criu import (
-    ENOENT,
-    FD_BYTE,
-    O_APPEND,
-    O_RDONLY,
-    PARENT,
-    PREFIX,
-    decodeLocalImageHeader,
-    decodeSnapshotIdRecord,
-    frame,
-    localReply,
-)
+from imgrelay.wire.criu import ENOENT, FD_BYTE, O_APPEND, O_RDONLY, PARENT, PREFIX, localReply, snapshotListReply
+from imgrelay.wire.criu import decodeLocalImageHeader, decodeSnapshotIdRecord
 from imgrelay.core.errors import SessionError
-from imgrelay.wire.framing import (
-    Framer,
-    FramingError,
-    HeaderReceived,
-    PayloadChunk,
-    PayloadDone,
-)
+from imgrelay.wire.framing import Framer, FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
@@ -359,11 +343,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
     def _sendSnapshots(self, snapshots: Optional[list[str]]) -> None:
         if self._done:
             return
-        transport = self._transport()
-        if snapshots is None:
-            transport.write(localReply(ENOENT))
-        else:
-            transport.writeSequence([localReply(0)] + [frame(SnapshotIdRecord(snapshot_id=s)) for s in snapshots])
+        self._transport().write(snapshotListReply(snapshots))
         self._finish()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:

@@ -6,6 +6,8 @@ little-endian length prefixes and proto2 messages.
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 from google.protobuf.message import Message
 
 from imgrelay.wire.framing import DEFAULT_MAX_HEADER, Framer, MalformedHeader, encodeHeader
@@ -82,6 +84,18 @@ def localReply(error: int) -> bytes:
     @return: The framed local reply to a remote-protocol read.
     """
     return frame(criu_pb2.LocalReply(error=error))
+
+
+def snapshotListReply(snapshots: Optional[Sequence[str]]) -> bytes:
+    """
+    @param snapshots: The snapshot list, in push order; None if there is
+        none.
+    @return: The answer to a read of the snapshot list: a local reply,
+        then (with error 0) each id as a framed snapshot id record.
+    """
+    if snapshots is None:
+        return localReply(ENOENT)
+    return localReply(0) + b"".join(frame(criu_pb2.SnapshotIdRecord(snapshot_id=s)) for s in snapshots)
 
 
 def _parseRequest(data: bytes) -> criu_pb2.StreamRequest:

@@ -24,6 +24,7 @@ from imgrelay.wire.criu import (
     decodeSnapshotIdRecord,
     frame,
     localReply,
+    snapshotListReply,
     streamCaptureFramer,
     streamReply,
     streamServeFramer,
@@ -254,6 +255,17 @@ class LocalReplyTests(SynchronousTestCase):
         """
         self.assertEqual(localReply(0), REPLY_OK)
         self.assertEqual(localReply(ENOENT), REPLY_ENOENT)
+
+    def test_snapshotList(self) -> None:
+        """
+        L{snapshotListReply} answers a list with reply ok and a record per
+        id, in order; an empty one with reply ok alone; none with ENOENT.
+        """
+        self.assertEqual(
+            snapshotListReply(["/mig/d1", "/mig/d2"]), REPLY_OK + SNAPSHOT_RECORD + SNAPSHOT_RECORD[:-1] + b"2"
+        )
+        self.assertEqual(snapshotListReply([]), REPLY_OK)
+        self.assertEqual(snapshotListReply(None), REPLY_ENOENT)
 
 
 class StreamReplyTests(SynchronousTestCase):
