@@ -26,9 +26,9 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
-from imgrelay.core.limits import Limits
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
 from imgrelay.core.names import defaultSessionName
-from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT
+
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP
 from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW

@@ -19,14 +19,15 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from twisted.internet import unix
 from twisted.internet.interfaces import IPushProducer, IReactorFDSet, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgrelay.wire import fetch as _fetchwire
 from imgrelay.core.integrity import manifestDigest
-from imgrelay.core.limits import CountedFactory
+from imgrelay.core.limits import Limits
+from imgrelay.local.admit import AdmittingFactory
 from imgrelay.transport.senders import ISender, SocketSender, TransportSender
 from imgrelay.core.store import Session, SessionSlot, SessionState
 
@@ -133,13 +134,15 @@ class FetchServeProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet) -> None:
+    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet, closed: Callable[[], None]) -> None:
         """
         @param slot: Where the session to fetch is found.
         @param reactor: Where the socket is written.
+        @param closed: Called once the connection closed.
         """
         self._slot = slot
         self._reactor = reactor
+        self._closed = closed
         self.session: Optional[Session] = None
         self._feed: Optional[ImageFeed] = None
         self._sender: Optional[ISender] = None
@@ -216,8 +219,7 @@ class FetchServeProtocol(Protocol):
         """
         Stop sending and detach from the session.
         """
-        if isinstance(self.factory, CountedFactory):
-            self.factory.connectionClosed(self)
+        self._closed()
         self._gone = True
         if self._feed is not None:
             self._feed.stopProducing()
@@ -231,23 +233,23 @@ class FetchServeProtocol(Protocol):
             self._slot.detachRestore(session)
 
 
-class FetchServeFactory(CountedFactory, Factory):
+class FetchServeFactory(AdmittingFactory[FetchServeProtocol]):
     """
     Serve C{imgrelay-fetch.sock} from a L{SessionSlot}.
     """
 
-    noisy = False
-
-    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet) -> None:
+    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet, limits: Limits) -> None:
+        """
+        @param slot: Where the session to fetch is found.
+        @param reactor: Where the socket is written.
+        @param limits: The daemon's limits (fetches at once).
+        """
+        AdmittingFactory.__init__(self, limits)
         self.slot = slot
         self.reactor = reactor
 
-    def buildProtocol(self, addr: object) -> FetchServeProtocol:
+    def buildAdmitted(self, closed: Callable[[], None]) -> FetchServeProtocol:
         """
         @return: A protocol for one fetch.
         """
-        if not self.admit(addr):
-            return None  # type: ignore[return-value]
-        p = FetchServeProtocol(self.slot, self.reactor)
-        p.factory = self
-        return p
+        return FetchServeProtocol(self.slot, self.reactor, closed)

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import IOutgoingImage
-from imgrelay.local.remote import IRemoteBackend
+from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.core.store import Image, Session, SessionSlot
 
 @implementer(IRemoteBackend)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
@@ -47,20 +46,14 @@ def localSockets(protocol: str, reactor: Any, idleTimeout: Optional[float], limi
         C{"remote"} a local connection's header and pipe.
     @param limits: Local connections at once, per socket.
     """
-
-    def limited(factory: Any) -> Factory:
-        factory.connectionLimit = limits.maxLocalConnections
-        factory.limits = limits
-        return factory
-
-    fetch = (FETCH_SOCKET, lambda slot: limited(FetchServeFactory(slot, reactor)))
+    fetch = (FETCH_SOCKET, lambda slot: FetchServeFactory(slot, reactor, limits))
     if protocol == "remote":
         return [
-            (REMOTE_CACHE_SOCKET, lambda slot: limited(RemoteFactory(CacheRemoteBackend(slot), reactor, idleTimeout))),
+            (REMOTE_CACHE_SOCKET, lambda slot: RemoteFactory(CacheRemoteBackend(slot), reactor, limits, idleTimeout)),
             fetch,
         ]
     return [
-        (SERVE_SOCKET, lambda slot: limited(StreamServeFactory(slot, reactor))),
+        (SERVE_SOCKET, lambda slot: StreamServeFactory(slot, reactor, limits)),
         fetch,
     ]
 

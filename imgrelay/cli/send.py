@@ -28,7 +28,7 @@ from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP, LinkDriver
-from imgrelay.local.remote import DEFAULT_IDLE_TIMEOUT
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT
 from imgrelay.proxy.session import ProxySession, SessionOutcome
 from imgrelay.transport.tls import TLSFiles, clientEndpoint, hostOf
 

@@ -7,6 +7,8 @@ either end.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from zope.interface import Attribute, Interface
 
 
@@ -54,12 +56,46 @@ class IImageSink(Interface):
         """
 
 
+class IReadBuffers(Interface):
+    """
+    Buffers a pipe reader reads into and hands on as views, each used again
+    once the link has sent what was read into it (the proxy's
+    L{imgrelay.transport.pipes.BufferRing}).
+    """
+
+    copyBelow = Attribute(
+        "A read shorter than this many bytes is copied out, and its buffer "
+        "given back at once."
+    )
+
+    def take() -> bytearray:
+        """
+        @return: A buffer free to read into.
+        """
+
+    def giveBack(buffer: bytearray) -> None:
+        """
+        C{buffer} is free again at once: what was read into it was copied.
+        """
+
+    def handedOn(buffer: bytearray) -> None:
+        """
+        What was read into C{buffer} was handed to the link: it is free
+        once the link sent it.
+        """
+
+
 class IOutgoingImage(Interface):
     """
     One image on its way from a capture-side protocol to the link.
     """
 
     name = Attribute("The image's file name.")
+
+    ring: Optional[IReadBuffers] = Attribute(
+        "The L{IReadBuffers} to read this image's pipe into, when the link "
+        "sends straight from them; None to read into new bytes."
+    )
 
     def attachProducer(producer: object) -> None:
         """

@@ -7,11 +7,7 @@ only the offending connection or session, with a log line naming it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import attrs
-from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
 from imgrelay.core.names import MAX_NAME
 
@@ -39,6 +35,12 @@ class Limits:
     maxNameLength: int = MAX_NAME
 
 
+#: How long a new connection may take to open its exchange, in seconds: a
+#: link's hello (or the answer to it), a remote-protocol connection's
+#: header and pipe.
+DEFAULT_IDLE_TIMEOUT = 30.0
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -62,48 +64,3 @@ def parseSize(value: str) -> int:
     if size < 1:
         raise ValueError(f"{value!r} is not a positive size")
     return size
-
-
-def limitsOf(protocol: Protocol) -> Limits:
-    """
-    @return: The limits of C{protocol}'s factory, or the defaults.
-    """
-    factory = getattr(protocol, "factory", None)
-    return factory.limits if isinstance(factory, CountedFactory) else Limits()
-
-
-class CountedFactory:
-    """
-    A mixin for the local sockets' factories: beyond C{limit} connections
-    at once, a new one is closed at once with a log line.
-
-    Protocols call L{connectionClosed} from C{connectionLost}.
-
-    @ivar limits: The daemon's limits; protocols read the header size and
-        the name length from here.
-    """
-
-    log = Logger()
-    connectionLimit: Optional[int] = None
-    limits: Limits = Limits()
-    openConnections = 0
-
-    def admit(self, addr: Any) -> bool:
-        """
-        @return: Whether a new connection may be served.
-        """
-        limit = self.connectionLimit
-        if limit is not None and self.openConnections >= limit:
-            self.log.error(
-                "local connection refused: {count} already open, the limit (--max-local-connections)",
-                count=self.openConnections,
-            )
-            return False
-        self.openConnections += 1
-        return True
-
-    def connectionClosed(self, protocol: Protocol) -> None:
-        """
-        A connection this factory admitted closed.
-        """
-        self.openConnections -= 1

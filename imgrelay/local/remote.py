@@ -16,123 +16,30 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
-from imgrelay.wire.criu import FD_BYTE, PREFIX, frame
+from imgrelay.wire.criu import ENOENT, FD_BYTE, O_APPEND, O_RDONLY, PARENT, PREFIX, localReply, snapshotListReply
+from imgrelay.wire.criu import decodeLocalImageHeader, decodeSnapshotIdRecord
 from imgrelay.core.errors import SessionError
-from imgrelay.wire.framing import (
-    DEFAULT_MAX_HEADER,
-    Framer,
-    FramingError,
-    HeaderReceived,
-    MalformedHeader,
-    PayloadChunk,
-    PayloadDone,
-)
+from imgrelay.wire.framing import Framer, FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.interfaces import IOutgoingImage
-from imgrelay.core.limits import CountedFactory, Limits, limitsOf
+from imgrelay.local.interfaces import IRemoteBackend
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
+from imgrelay.local.admit import AdmittingFactory
 from imgrelay.core.names import BadName, checkId, checkImageName
-from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRecord
+from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
 from imgrelay.transport.pipes import PipeReader, PipeWriter
 from imgrelay.core.store import Image
 
-O_RDONLY = 0
-O_WRONLY = 1
-O_APPEND = 1024
-ENOENT = 2
-
-#: The name of the snapshot list.
-PARENT = "parent"
-
 #: Content that runs to the socket's end: a payload longer than any.
 _TO_EOF = 1 << 62
-
-#: How long a local connection may take to send its header and pipe.
-DEFAULT_IDLE_TIMEOUT = 30.0
-
-
-class IRemoteBackend(Interface):
-    """
-    What one side does with the operations of CRIU's remote protocol.
-    """
-
-    ready = Attribute("A Deferred that fires once operations can be served.")
-
-    def openImage(snapshotId: str, name: str, append: bool) -> Any:
-        """
-        A write or append begins.
-
-        @return: A Deferred firing with the L{IOutgoingImage} once its
-            content may flow, or failing with L{SessionError} if this side
-            takes no images.
-        """
-
-    def readImage(snapshotId: str, name: str) -> Any:
-        """
-        @return: A Deferred firing with the L{Image}, or None for ENOENT.
-        """
-
-    def pushSnapshot(snapshotId: str) -> None:
-        """
-        Add to the snapshot list.
-
-        @raise SessionError: If this side takes no snapshots.
-        """
-
-    def snapshots() -> Any:
-        """
-        @return: A Deferred firing with the snapshot list (None: ENOENT).
-        """
-
-    def finish(openMode: int) -> None:
-        """
-        FINISH arrived: C{openMode} 1 from a dump, 0 from a restore.
-        """
-
-    def connectionOpened() -> None:
-        """
-        A local connection was accepted; its header is still to come.
-        """
-
-    def headerDone() -> None:
-        """
-        A connection counted by L{connectionOpened} has parsed its header,
-        or ended without one.
-        """
-
-    def abort(reason: str) -> None:
-        """
-        An operation failed in a way that makes the session's images
-        untrustworthy (a write cut short).
-        """
-
-
-def _decodeHeader(data: bytes) -> tuple[LocalImageHeader, None]:
-    header = LocalImageHeader.FromString(data)
-    if not isinstance(header.name, str) or not isinstance(header.snapshot_id, str):
-        raise MalformedHeader("image name or snapshot id is not UTF-8")
-    return header, None
-
-
-def _decodeRecord(data: bytes) -> tuple[SnapshotIdRecord, int]:
-    record = SnapshotIdRecord.FromString(data)
-    if not isinstance(record.snapshot_id, str):
-        raise MalformedHeader("snapshot id is not UTF-8")
-    return record, 0
-
-
-def reply(error: int) -> bytes:
-    """
-    @return: A framed local reply.
-    """
-    return frame(LocalReply(error=error))
 
 
 @implementer(IFileDescriptorReceiver)
@@ -149,20 +56,25 @@ class RemoteProtocol(Protocol, TimeoutMixin):
     log = Logger()
 
     def __init__(
-        self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+        self, backend: IRemoteBackend, reactor: Any, limits: Limits, closed: Callable[[], None],
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         """
         @param backend: What the operations do.
         @param reactor: Where pipes are read and written, and time kept.
+        @param limits: The daemon's limits (the longest header or record,
+            the longest image name).
+        @param closed: Called once the connection closed.
         @param idleTimeout: How long a client may take to send its header
             and pipe; None for ever.
         """
         self._backend = backend
         self._reactor = reactor
         self._idleTimeout = idleTimeout
-        self._limits = Limits()
-        self._framer: Framer[Any] = Framer(_decodeHeader, PREFIX, DEFAULT_MAX_HEADER)
-        self._records: Framer[SnapshotIdRecord] = Framer(_decodeRecord, PREFIX, DEFAULT_MAX_HEADER)
+        self._limits = limits
+        self._closed = closed
+        self._framer: Framer[Any] = Framer(decodeLocalImageHeader, PREFIX, limits.maxHeaderSize)
+        self._records: Framer[SnapshotIdRecord] = Framer(decodeSnapshotIdRecord, PREFIX, limits.maxHeaderSize)
         self._fds: deque[int] = deque()
         self.expecting = "header"
         self._what = "header"
@@ -189,8 +101,6 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Hold the connection until the backend is ready; time out a client
         that sends no header.
         """
-        self._limits = limitsOf(self)
-        self._framer.maxHeaderSize = self._records.maxHeaderSize = self._limits.maxHeaderSize
         self.setTimeout(self._idleTimeout)
         self._headerPending = True
         self._backend.connectionOpened()
@@ -393,7 +303,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._image = None
         reader = PipeReader(
             fd, self._reactor, image.write, lambda error: self._pipeEnded(image, error),
-            ring=getattr(image, "ring", None),
+            ring=image.ring,
         )
         image.attachProducer(reader)
         self._finish()
@@ -415,10 +325,10 @@ class RemoteProtocol(Protocol, TimeoutMixin):
             return
         transport = self._transport()
         if image is None:
-            transport.write(reply(ENOENT))
+            transport.write(localReply(ENOENT))
             self._finish()
         elif snapshotId:
-            transport.write(reply(0))
+            transport.write(localReply(0))
             self._serving = image
             self.expecting = "pipe"
             self._framer.expectPayload(1)
@@ -427,17 +337,13 @@ class RemoteProtocol(Protocol, TimeoutMixin):
             if not self._parsing:
                 self.dataReceived(b"")
         else:
-            transport.writeSequence([reply(0)] + [bytes(p) for p in image.data.pieces])
+            transport.writeSequence([localReply(0)] + [bytes(p) for p in image.data.pieces])
             self._finish()
 
     def _sendSnapshots(self, snapshots: Optional[list[str]]) -> None:
         if self._done:
             return
-        transport = self._transport()
-        if snapshots is None:
-            transport.write(reply(ENOENT))
-        else:
-            transport.writeSequence([reply(0)] + [frame(SnapshotIdRecord(snapshot_id=s)) for s in snapshots])
+        self._transport().write(snapshotListReply(snapshots))
         self._finish()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
@@ -445,8 +351,7 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         Content on the socket ends with the socket; anything else cut short
         is an error.
         """
-        if isinstance(self.factory, CountedFactory):
-            self.factory.connectionClosed(self)
+        self._closed()
         self._headerSeen()
         self.setTimeout(None)
         while self._fds:
@@ -474,24 +379,28 @@ class RemoteProtocol(Protocol, TimeoutMixin):
                 self._backend.abort(f"{self._what} ended before its pipe came")
 
 
-class RemoteFactory(CountedFactory, Factory):
+class RemoteFactory(AdmittingFactory[RemoteProtocol]):
     """
     Serve a remote-protocol socket for a backend.
     """
 
-    noisy = False
-
-    def __init__(self, backend: IRemoteBackend, reactor: Any, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT) -> None:
+    def __init__(
+        self, backend: IRemoteBackend, reactor: Any, limits: Limits, idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+    ) -> None:
+        """
+        @param backend: What the operations do.
+        @param reactor: Where pipes are read and written, and time kept.
+        @param limits: The daemon's limits.
+        @param idleTimeout: How long a client may take to send its header
+            and pipe; None for ever.
+        """
+        AdmittingFactory.__init__(self, limits)
         self.backend = backend
         self.reactor = reactor
         self.idleTimeout = idleTimeout
 
-    def buildProtocol(self, addr: object) -> RemoteProtocol:
+    def buildAdmitted(self, closed: Callable[[], None]) -> RemoteProtocol:
         """
         @return: A protocol for one local connection.
         """
-        if not self.admit(addr):
-            return None  # type: ignore[return-value]
-        p = RemoteProtocol(self.backend, self.reactor, self.idleTimeout)
-        p.factory = self
-        return p
+        return RemoteProtocol(self.backend, self.reactor, self.limits, closed, self.idleTimeout)

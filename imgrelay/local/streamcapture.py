@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.scenarios.test_stream,tests.scenarios.test_fuzz -*-
+# -*- test-case-name: tests.local.test_streamcapture,tests.scenarios.test_stream,tests.scenarios.test_fuzz -*-
 """
 The proxy's local side for CRIU's C{--stream} dump: CRIU connects to
 C{DIR/streamer-capture.sock}, names each image and passes the read end of a
@@ -13,7 +13,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,7 +22,8 @@ from imgrelay.wire.criu import FD_BYTE, streamCaptureFramer
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.interfaces import IImageSink, IOutgoingImage
-from imgrelay.core.limits import CountedFactory, limitsOf
+from imgrelay.core.limits import Limits
+from imgrelay.local.admit import AdmittingFactory
 from imgrelay.core.names import BadName
 from imgrelay.transport.pipes import PipeReader
 
@@ -35,14 +36,19 @@ class StreamCaptureProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet) -> None:
+    def __init__(
+        self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet, limits: Limits, closed: Callable[[], None]
+    ) -> None:
         """
         @param newSession: Starts the session this dump fills.
         @param reactor: Where the pipes are read.
+        @param limits: The daemon's limits (the longest request header).
+        @param closed: Called once the connection closed.
         """
         self._newSession = newSession
         self._reactor = reactor
-        self._framer = streamCaptureFramer()
+        self._closed = closed
+        self._framer = streamCaptureFramer(limits.maxHeaderSize)
         self._fds: deque[int] = deque()
         self._name: Optional[str] = None
         self._readers: set[PipeReader] = set()
@@ -53,7 +59,6 @@ class StreamCaptureProtocol(Protocol):
         """
         Start the session; hold CRIU's requests until the cache accepted it.
         """
-        self._framer.maxHeaderSize = limitsOf(self).maxHeaderSize
         self._producer().pauseProducing()
         try:
             sink = self.sink = self._newSession()
@@ -117,7 +122,7 @@ class StreamCaptureProtocol(Protocol):
             raise
         reader = PipeReader(
             fd, self._reactor, image.write, lambda err: self._pipeEnded(image, reader, err),
-            ring=getattr(image, "ring", None),
+            ring=image.ring,
         )
         self._readers.add(reader)
         image.attachProducer(reader)
@@ -157,8 +162,7 @@ class StreamCaptureProtocol(Protocol):
         CRIU closed the socket: no more images. Pipes still open go on to
         their own end, then the session's final handshake runs.
         """
-        if isinstance(self.factory, CountedFactory):
-            self.factory.connectionClosed(self)
+        self._closed()
         self._closeFds()
         if self._failed or self.sink is None:
             return
@@ -169,23 +173,23 @@ class StreamCaptureProtocol(Protocol):
         self.sink.finish()
 
 
-class StreamCaptureFactory(CountedFactory, Factory):
+class StreamCaptureFactory(AdmittingFactory[StreamCaptureProtocol]):
     """
     Serve C{streamer-capture.sock}: a session per dump connection.
     """
 
-    def __init__(self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet) -> None:
+    def __init__(self, newSession: Callable[[], IImageSink], reactor: IReactorFDSet, limits: Limits) -> None:
+        """
+        @param newSession: Starts a session for each dump.
+        @param reactor: Where the pipes are read.
+        @param limits: The daemon's limits.
+        """
+        AdmittingFactory.__init__(self, limits)
         self.newSession = newSession
         self.reactor = reactor
 
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> StreamCaptureProtocol:
+    def buildAdmitted(self, closed: Callable[[], None]) -> StreamCaptureProtocol:
         """
         @return: A protocol for one dump.
         """
-        if not self.admit(addr):
-            return None  # type: ignore[return-value]
-        p = StreamCaptureProtocol(self.newSession, self.reactor)
-        p.factory = self
-        return p
+        return StreamCaptureProtocol(self.newSession, self.reactor, self.limits, closed)

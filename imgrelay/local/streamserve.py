@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgrelay.wire.criu import FD_BYTE, streamReply, streamServeFramer
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
-from imgrelay.core.limits import CountedFactory, Limits, limitsOf
+from imgrelay.core.limits import Limits
+from imgrelay.local.admit import AdmittingFactory
 from imgrelay.core.names import BadName, checkImageName
 from imgrelay.transport.pipes import PipeWriter
 from imgrelay.core.store import Image, Session, SessionSlot
@@ -34,15 +35,19 @@ class StreamServeProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet) -> None:
+    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet, limits: Limits, closed: Callable[[], None]) -> None:
         """
         @param slot: Where the session to restore is found.
         @param reactor: Where the pipes are written.
+        @param limits: The daemon's limits (the longest request header,
+            the longest image name).
+        @param closed: Called once the connection closed.
         """
         self._slot = slot
         self._reactor = reactor
-        self._framer = streamServeFramer()
-        self._limits = Limits()
+        self._limits = limits
+        self._closed = closed
+        self._framer = streamServeFramer(limits.maxHeaderSize)
         self._fds: deque[int] = deque()
         self._serving: Optional[Image] = None
         self._writers: set[PipeWriter] = set()
@@ -57,8 +62,6 @@ class StreamServeProtocol(Protocol):
         """
         Attach to the session this restore reads.
         """
-        self._limits = limitsOf(self)
-        self._framer.maxHeaderSize = self._limits.maxHeaderSize
         self.session = self._slot.attachRestore()
         self.log.info(
             "restore connected (session {session}, {state})",
@@ -162,31 +165,30 @@ class StreamServeProtocol(Protocol):
         """
         CRIU closed the socket; pipes still being written go on.
         """
-        if isinstance(self.factory, CountedFactory):
-            self.factory.connectionClosed(self)
+        self._closed()
         self._gone = True
         while self._fds:
             os.close(self._fds.popleft())
         self._maybeDetach()
 
 
-class StreamServeFactory(CountedFactory, Factory):
+class StreamServeFactory(AdmittingFactory[StreamServeProtocol]):
     """
     Serve C{streamer-serve.sock} from a L{SessionSlot}.
     """
 
-    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet) -> None:
+    def __init__(self, slot: SessionSlot, reactor: IReactorFDSet, limits: Limits) -> None:
+        """
+        @param slot: Where the session to restore is found.
+        @param reactor: Where the pipes are written.
+        @param limits: The daemon's limits.
+        """
+        AdmittingFactory.__init__(self, limits)
         self.slot = slot
         self.reactor = reactor
 
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> StreamServeProtocol:
+    def buildAdmitted(self, closed: Callable[[], None]) -> StreamServeProtocol:
         """
         @return: A protocol for one restore.
         """
-        if not self.admit(addr):
-            return None  # type: ignore[return-value]
-        p = StreamServeProtocol(self.slot, self.reactor)
-        p.factory = self
-        return p
+        return StreamServeProtocol(self.slot, self.reactor, self.limits, closed)

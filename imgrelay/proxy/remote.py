@@ -15,10 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.core.interfaces import IOutgoingImage, IReadBuffers
 from imgrelay.wire.link import APPEND, REPLACE
 from imgrelay.proxy.session import ProxySession
-from imgrelay.local.remote import O_RDONLY, IRemoteBackend
+from imgrelay.local.interfaces import IRemoteBackend
+from imgrelay.wire.criu import O_RDONLY
 from imgrelay.core.store import Image
 
 #: A dump (not a pre-dump) writes this image; its FINISH ends the session.
@@ -37,8 +38,8 @@ class _Version:
         self.name = image.name
 
     @property
-    def ring(self) -> object:
-        return getattr(self._image, "ring", None)
+    def ring(self) -> Optional[IReadBuffers]:
+        return self._image.ring
 
     def attachProducer(self, producer: object) -> None:
         self._image.attachProducer(producer)

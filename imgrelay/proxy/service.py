@@ -78,12 +78,11 @@ class ProxyService(MultiService):
         self._startObservers: list[Callable[[ProxySession], None]] = []
         self.sessions: set[ProxySession] = set()
         factory: Factory
+        limits = config.limits
         if config.protocol == "remote":
-            factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, config.idleTimeout)
+            factory = RemoteFactory(ProxyRemoteBackend(self.newSession), reactor, limits, config.idleTimeout)
         else:
-            factory = StreamCaptureFactory(self.newSession, reactor)
-        factory.connectionLimit = config.limits.maxLocalConnections
-        factory.limits = config.limits
+            factory = StreamCaptureFactory(self.newSession, reactor, limits)
         localService = strports.service(config.localDescription(), factory, reactor=reactor)
         localService.setServiceParent(self)
         self.observer = observeProxy(self, config.observability, reactor, {"local": localService})

@@ -15,7 +15,9 @@ from typing import Callable, Optional, Sequence, Union
 from twisted.internet import abstract, main
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from imgrelay.core.interfaces import IReadBuffers
 from imgrelay.transport.vmsplice import vmsplice
 
 #: How much one read or write moves: pipes are raised to this size too.
@@ -40,6 +42,7 @@ def preparePipe(fd: int, size: int = PIPE_BLOCK) -> None:
         pass
 
 
+@implementer(IReadBuffers)
 class BufferRing:
     """
     Read buffers used again once the link has sent what was read into
@@ -115,7 +118,7 @@ class PipeReader(abstract.FileDescriptor):
         dataReceived: Callable[[bytes], None],
         ended: Callable[[Optional[Exception]], None],
         readSize: int = PIPE_BLOCK,
-        ring: Optional[BufferRing] = None,
+        ring: Optional[IReadBuffers] = None,
     ) -> None:
         """
         @param fd: The read end; it is closed when the pipe ends.

@@ -5,21 +5,22 @@ snapshot list image, and the encoding of remote image headers and of the
 snapshot list (C{../shared/spec/criu-wire.md}, section 2). The proxy's
 sender is L{imgrelay.proxy.criulink}, the cache's receiver
 L{imgrelay.cache.criulink}.
+
+The open modes and C{PARENT} are CRIU's, shared with C{--remote}
+(L{imgrelay.wire.criu}); they are named here too for the modules of this
+format.
 """
 
 from __future__ import annotations
 
 from imgrelay.core.names import checkId
-from imgrelay.wire.criu import PREFIX, frame
+from imgrelay.wire.criu import O_APPEND, O_WRONLY, PARENT, PREFIX, decodeSnapshotIdRecord, frame
 from imgrelay.wire.framing import Framer, FramingError, HeaderReceived, MalformedHeader
 from imgrelay.wire.pb import criu_pb2
 
-#: CRIU's open modes (Linux values) in a remote image header.
-O_WRONLY = 1
-O_APPEND = 1024
-
-#: The image that carries the snapshot list, in the empty snapshot id.
-PARENT = "parent"
+__all__ = [
+    "MAX_SNAPSHOT_LIST", "O_APPEND", "O_WRONLY", "PARENT", "decodeRemoteHeader", "parseSnapshotList", "remoteHeader",
+]
 
 #: The most a snapshot list message may hold (each id is at most 4 KiB).
 MAX_SNAPSHOT_LIST = 1 << 20
@@ -37,13 +38,6 @@ def decodeRemoteHeader(data: bytes) -> tuple[criu_pb2.RemoteImageHeader, int]:
     return header, header.size
 
 
-def _decodeRecord(data: bytes) -> tuple[criu_pb2.SnapshotIdRecord, int]:
-    record = criu_pb2.SnapshotIdRecord.FromString(data)
-    if not isinstance(record.snapshot_id, str):
-        raise MalformedHeader("snapshot id record is not UTF-8")
-    return record, 0
-
-
 def remoteHeader(snapshotId: str, name: str, openMode: int, size: int) -> bytes:
     """@return: A framed remote image header."""
     return frame(criu_pb2.RemoteImageHeader(name=name, snapshot_id=snapshotId, open_mode=openMode, size=size))
@@ -56,7 +50,7 @@ def parseSnapshotList(content: bytes) -> list[str]:
     @raise FramingError: If a record is malformed or cut short.
     @raise BadName: If an id is not acceptable.
     """
-    framer: Framer[criu_pb2.SnapshotIdRecord] = Framer(_decodeRecord, PREFIX)
+    framer: Framer[criu_pb2.SnapshotIdRecord] = Framer(decodeSnapshotIdRecord, PREFIX)
     ids = [checkId("snapshot id", e.message.snapshot_id) for e in framer.feed(content) if isinstance(e, HeaderReceived)]
     if not framer.atBoundary:
         raise FramingError("snapshot list ends in the middle of a record")

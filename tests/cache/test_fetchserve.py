@@ -33,6 +33,7 @@ from imgrelay.cache.fetchserve import PIECE, FetchServeFactory, FetchServeProtoc
 from imgrelay.wire.framing import HeaderReceived, PayloadChunk
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import ManifestEntry, manifestDigest
+from imgrelay.core.limits import Limits
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import ProxyService
 from imgrelay.transport.senders import SocketSender
@@ -75,10 +76,10 @@ class Fixture:
     A slot, a fetch protocol on a L{StringTransport}, and what was released.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits = Limits()) -> None:
         self.released: list[Session] = []
         self.slot = SessionSlot(self.released.append)
-        self.factory = FetchServeFactory(self.slot, reactor)
+        self.factory = FetchServeFactory(self.slot, reactor, limits)
         self.transport = StringTransport()
 
     def connect(self) -> FetchServeProtocol:
@@ -198,8 +199,7 @@ class FetchServeTests(SynchronousTestCase):
         """
         Beyond the factory's connection limit a fetch is refused.
         """
-        f = Fixture()
-        f.factory.connectionLimit = 1
+        f = Fixture(Limits(maxLocalConnections=1))
         f.connect()
         self.assertIsNone(f.factory.buildProtocol(None))
 

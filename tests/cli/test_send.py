@@ -78,6 +78,7 @@ class FakeImage:
     """
 
     name = "pages.img"
+    ring = None
 
     def __init__(self) -> None:
         self.data = b""

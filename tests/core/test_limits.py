@@ -124,8 +124,7 @@ class HeaderAndNameLimitTests(SynchronousTestCase):
         or a name over its length ends that restore's connection only.
         """
         for limits, name in [(Limits(maxHeaderSize=20), "a" * 30 + ".img"), (Limits(maxNameLength=8), "long-name.img")]:
-            factory = StreamServeFactory(SessionSlot(), MemoryReactorClock())
-            factory.limits = limits
+            factory = StreamServeFactory(SessionSlot(), MemoryReactorClock(), limits)
             protocol = factory.buildProtocol(None)
             transport = StringTransport()
             protocol.makeConnection(transport)
@@ -153,8 +152,7 @@ class LocalConnectionLimitTests(SynchronousTestCase):
         Past the limit a new connection gets no protocol (it is closed at
         once); once one closes, another is served.
         """
-        factory = StreamServeFactory(SessionSlot(), MemoryReactorClock())
-        factory.connectionLimit = 1
+        factory = StreamServeFactory(SessionSlot(), MemoryReactorClock(), Limits(maxLocalConnections=1))
         first = factory.buildProtocol(None)
         self.assertIsNotNone(first)
         first.makeConnection(StringTransport())

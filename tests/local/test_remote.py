@@ -5,22 +5,28 @@ connection, with the spec's vectors, a fake backend and no real I/O.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
+from twisted.internet import main
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
-from imgrelay.core.interfaces import IOutgoingImage
+from imgrelay.core.interfaces import IOutgoingImage, IReadBuffers
+from imgrelay.core.limits import Limits
 from imgrelay.proxy.session import ProxySession
-from imgrelay.local.remote import IRemoteBackend, RemoteProtocol
+from imgrelay.local.interfaces import IRemoteBackend
+from imgrelay.local.remote import RemoteProtocol
 from imgrelay.cache.remote import CacheRemoteBackend
 from imgrelay.proxy.remote import ProxyRemoteBackend
 from imgrelay.core.store import Image, SessionSlot
+from imgrelay.wire.criu import FD_BYTE
 
 # The vectors of ../shared/spec/criu-wire.md section 2.
 WRITE_HEADER = bytes.fromhex("18000000 0a0b70616765732d312e696d67 12072f6d69672f6431 1801".replace(" ", ""))
@@ -34,8 +40,33 @@ REPLY_OK = bytes.fromhex("020000000800")
 REPLY_ENOENT = bytes.fromhex("020000000802")
 
 
+@implementer(IReadBuffers)
+class RecordingBuffers:
+    """
+    Read buffers that record what a pipe reader does with them.
+    """
+
+    copyBelow = 0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytearray]] = []
+
+    def take(self) -> bytearray:
+        buffer = bytearray(64)
+        self.calls.append(("take", buffer))
+        return buffer
+
+    def giveBack(self, buffer: bytearray) -> None:
+        self.calls.append(("giveBack", buffer))
+
+    def handedOn(self, buffer: bytearray) -> None:
+        self.calls.append(("handedOn", buffer))
+
+
 @implementer(IOutgoingImage)
 class FakeImage:
+    ring: Optional[IReadBuffers] = None
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.data = b""
@@ -64,10 +95,12 @@ class FakeBackend:
         self.images: dict[tuple[str, str], Image] = {}
         self.opened: list[FakeImage] = []
         self.pending: Optional[Deferred[Optional[Image]]] = None
+        self.ring: Optional[IReadBuffers] = None
 
     def openImage(self, snapshotId: str, name: str, append: bool) -> Deferred[IOutgoingImage]:
         self.calls.append(("open", snapshotId, name, append))
         image = FakeImage(name)
+        image.ring = self.ring
         self.opened.append(image)
         return succeed(image)
 
@@ -113,7 +146,7 @@ class RemoteProtocolTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def connect(self) -> tuple[RemoteProtocol, StringTransport]:
-        protocol = RemoteProtocol(self.backend, self.reactor, idleTimeout=30)
+        protocol = RemoteProtocol(self.backend, self.reactor, Limits(), lambda: None, idleTimeout=30)
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
@@ -131,6 +164,23 @@ class RemoteProtocolTests(SynchronousTestCase):
         """
         verifyObject(IRemoteBackend, CacheRemoteBackend(SessionSlot()))
         verifyObject(IRemoteBackend, ProxyRemoteBackend(lambda: ProxySession("s")))
+
+    def test_versionRing(self) -> None:
+        """
+        An image version opened on the proxy provides L{IOutgoingImage},
+        and its C{ring} is that of its session's link at the time it is
+        read.
+        """
+        from tests.proxy.test_session import FakeLink
+
+        link = FakeLink()
+        session = ProxySession("s")
+        session.accepted(link)
+        version = self.successResultOf(ProxyRemoteBackend(lambda: session).openImage("/mig/d1", "pages-1.img", False))
+        self.assertTrue(verifyObject(IOutgoingImage, version))
+        self.assertIsNone(version.ring)
+        link.ring = RecordingBuffers()  # type: ignore[attr-defined]
+        self.assertIs(version.ring, link.ring)  # type: ignore[attr-defined]
 
     def test_finishVectors(self) -> None:
         """
@@ -158,6 +208,25 @@ class RemoteProtocolTests(SynchronousTestCase):
         self.assertFalse(opened.closed)
         protocol.connectionLost()
         self.assertEqual((opened.data, opened.closed), (b"content on the socket", True))
+
+    def test_pipeReadIntoRing(self) -> None:
+        """
+        A write's pipe is read into the buffers of the image's C{ring}.
+        """
+        self.backend.ring = buffers = RecordingBuffers()
+        r, w = os.pipe()
+        os.write(w, b"content")
+        os.close(w)
+        protocol, transport = self.connect()
+        protocol.fileDescriptorReceived(r)
+        protocol.dataReceived(WRITE_HEADER + FD_BYTE)
+        (opened,) = self.backend.opened
+        reader = opened.producer
+        reader.doRead()
+        self.assertEqual([kind for kind, _ in buffers.calls], ["take", "handedOn"])
+        self.assertEqual(opened.data, b"content")
+        reader.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertTrue(opened.closed)
 
     def test_parentAppendVector(self) -> None:
         """
@@ -276,7 +345,7 @@ class FinishOrderTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
 
         def connect() -> tuple[RemoteProtocol, StringTransport]:
-            protocol = RemoteProtocol(backend, reactor)
+            protocol = RemoteProtocol(backend, reactor, Limits(), lambda: None)
             transport = StringTransport()
             protocol.makeConnection(transport)
             return protocol, transport

@@ -57,6 +57,7 @@ from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import DEFAULT_MAX_HEADER
 from imgrelay.core.imagedata import FIRST_BLOCK, ImageData
 from imgrelay.core.integrity import ManifestEntry, RunningChecksum, manifestDigest
+from imgrelay.core.limits import Limits
 from imgrelay.core.interfaces import IImageSink, IOutgoingImage
 from imgrelay.wire.link import (
     APPEND,
@@ -924,6 +925,8 @@ class _FakeImage:
     An image the fake sink was given.
     """
 
+    ring = None
+
     def __init__(self, sink: "_FakeSink", name: str) -> None:
         self.sink = sink
         self.name = name
@@ -1115,7 +1118,7 @@ class StreamCaptureFuzzTests(SynchronousTestCase):
 
         pipes = _Pipes(len(offsets), passRead=True)
         sink = _FakeSink()
-        protocol = StreamCaptureProtocol(lambda: sink, MemoryReactorClock())
+        protocol = StreamCaptureProtocol(lambda: sink, MemoryReactorClock(), Limits(), lambda: None)
         transport = _Transport()
         logs = _LogCapture().start()
         written: dict[str, bytes] = {}
@@ -1265,7 +1268,7 @@ class StreamServeFuzzTests(SynchronousTestCase):
         if state == "failed":
             session.fail("the link broke")
         pipes = _Pipes(len(offsets), passRead=False)
-        protocol = StreamServeProtocol(slot, MemoryReactorClock())
+        protocol = StreamServeProtocol(slot, MemoryReactorClock(), Limits(), lambda: None)
         transport = _Transport()
         logs = _LogCapture().start()
         try:
@@ -1407,7 +1410,7 @@ class RegressionTests(SynchronousTestCase):
         """
         slot = SessionSlot()
         _storedSession(slot, complete=True)
-        protocol = StreamServeProtocol(slot, MemoryReactorClock())
+        protocol = StreamServeProtocol(slot, MemoryReactorClock(), Limits(), lambda: None)
         transport = _Transport()
         protocol.makeConnection(transport)
         protocol.dataReceived(_request("a/b"))

@@ -22,7 +22,7 @@ from imgrelay.cache.service import CacheService
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import ProxyService
 from imgrelay.proxy.session import SessionOutcome
-from imgrelay.local.remote import O_RDONLY, O_WRONLY
+from imgrelay.wire.criu import O_RDONLY, O_WRONLY
 from imgrelay.core.store import SessionState
 from imgrelay.testing.criu import RemoteClient, patternBytes, writeAll
 

@@ -20,6 +20,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from imgrelay.core.limits import Limits
 from imgrelay.config import CacheConfig, ProxyConfig
 from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
 from imgrelay.cache.service import CacheService
@@ -489,7 +490,7 @@ class ServedCountTests(SynchronousTestCase):
         session.addVerified(Image("", "pages-1.img", data, checksum.crc))
         session.complete()
         fdReactor = MemoryReactorClock()
-        protocol = StreamServeProtocol(slot, fdReactor)
+        protocol = StreamServeProtocol(slot, fdReactor, Limits(), lambda: None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         r, w = os.pipe()

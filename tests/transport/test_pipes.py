@@ -12,7 +12,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
 
+from imgrelay.core.interfaces import IReadBuffers
 from imgrelay.transport import pipes as _pipes
 from imgrelay.transport.pipes import BufferRing, PipeReader, PipeWriter
 from imgrelay.testing.criu import patternBytes, readAll, writeAll
@@ -303,6 +305,12 @@ class BufferRingTests(TestCase):
     """
     L{BufferRing} gives a buffer out again only once the link sent its data.
     """
+
+    def test_interface(self) -> None:
+        """
+        L{BufferRing} provides L{IReadBuffers}.
+        """
+        self.assertTrue(verifyObject(IReadBuffers, BufferRing(lambda: 0, lambda: 0, size=16)))
 
     def test_reuseAfterWritten(self) -> None:
         """

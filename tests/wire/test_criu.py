@@ -13,9 +13,18 @@ from google.protobuf.message import Message
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.wire.criu import (
+    ENOENT,
     FD_BYTE,
+    O_APPEND,
+    O_RDONLY,
+    O_WRONLY,
+    PARENT,
     PREFIX,
+    decodeLocalImageHeader,
+    decodeSnapshotIdRecord,
     frame,
+    localReply,
+    snapshotListReply,
     streamCaptureFramer,
     streamReply,
     streamServeFramer,
@@ -110,6 +119,14 @@ class ConstantsTests(SynchronousTestCase):
         self.assertEqual(PREFIX, "<I")
         self.assertEqual(FD_BYTE, b"\x00")
 
+    def test_remoteValues(self) -> None:
+        """
+        The remote protocol's open modes and ENOENT are Linux's values, and
+        its snapshot list is the image C{parent}.
+        """
+        self.assertEqual((O_RDONLY, O_WRONLY, O_APPEND, ENOENT), (0, 1, 1024, 2))
+        self.assertEqual(PARENT, "parent")
+
 
 class VectorTests(SynchronousTestCase):
     """
@@ -166,6 +183,89 @@ class VectorTests(SynchronousTestCase):
         data = frame(criu_pb2.LocalReply(error=0)) + b"".join(frame(r) for r in records)
         self.assertEqual(data[: len(REPLY_OK) + len(SNAPSHOT_RECORD)], REPLY_OK + SNAPSHOT_RECORD)
         self.assertEqual(data[len(REPLY_OK) + len(SNAPSHOT_RECORD) :], SNAPSHOT_RECORD[:-1] + b"2")
+
+
+class RemoteDecoderTests(SynchronousTestCase):
+    """
+    L{decodeLocalImageHeader} and L{decodeSnapshotIdRecord} read the remote
+    protocol's header and snapshot list records in a L{Framer}.
+    """
+
+    def test_header(self) -> None:
+        """
+        The write header vector, whole or a byte at a time, is one header
+        whose payload the consumer decides.
+        """
+        for pieces in [[WRITE_HEADER], [WRITE_HEADER[i : i + 1] for i in range(len(WRITE_HEADER))]]:
+            framer = Framer(decodeLocalImageHeader, PREFIX)
+            events = [e for piece in pieces for e in framer.feed(piece)]
+            expected = criu_pb2.LocalImageHeader(name="pages-1.img", snapshot_id="/mig/d1", open_mode=1)
+            self.assertEqual(events, [HeaderReceived(expected)])
+            self.assertTrue(framer.awaitingDecision)
+
+    def test_headerNotUTF8(self) -> None:
+        """
+        A header whose name or snapshot id is not UTF-8 is
+        L{MalformedHeader}.
+        """
+        for body in [b"\x0a\x02\xff\xfe\x12\x00\x18\x01", b"\x0a\x01a\x12\x02\xff\xfe\x18\x01"]:
+            with self.assertRaises(MalformedHeader):
+                decodeLocalImageHeader(body)
+
+    def test_records(self) -> None:
+        """
+        Snapshot id records follow each other back to back, whole or a byte
+        at a time.
+        """
+        data = SNAPSHOT_RECORD + frame(criu_pb2.SnapshotIdRecord(snapshot_id="/mig/d2"))
+        for pieces in [[data], [data[i : i + 1] for i in range(len(data))]]:
+            framer = Framer(decodeSnapshotIdRecord, PREFIX)
+            events = [e for piece in pieces for e in framer.feed(piece)]
+            self.assertEqual(
+                [e.message.snapshot_id for e in events if isinstance(e, HeaderReceived)], ["/mig/d1", "/mig/d2"]
+            )
+            self.assertTrue(framer.atBoundary)
+
+    def test_recordNotUTF8(self) -> None:
+        """
+        A record whose snapshot id is not UTF-8 is L{MalformedHeader}.
+        """
+        with self.assertRaises(MalformedHeader):
+            decodeSnapshotIdRecord(b"\x0a\x02\xff\xfe")
+
+    def test_garbage(self) -> None:
+        """
+        Bytes that are no header or record are L{MalformedHeader} in a
+        framer.
+        """
+        for decode in [decodeLocalImageHeader, decodeSnapshotIdRecord]:
+            framer: Framer[Any] = Framer(decode, PREFIX)
+            with self.assertRaises(MalformedHeader):
+                list(framer.feed(b"\x02\x00\x00\x00\xff\xff"))
+
+
+class LocalReplyTests(SynchronousTestCase):
+    """
+    L{localReply} encodes the remote protocol's answer to a read.
+    """
+
+    def test_vectors(self) -> None:
+        """
+        Error 0 and ENOENT are the spec's reply vectors.
+        """
+        self.assertEqual(localReply(0), REPLY_OK)
+        self.assertEqual(localReply(ENOENT), REPLY_ENOENT)
+
+    def test_snapshotList(self) -> None:
+        """
+        L{snapshotListReply} answers a list with reply ok and a record per
+        id, in order; an empty one with reply ok alone; none with ENOENT.
+        """
+        self.assertEqual(
+            snapshotListReply(["/mig/d1", "/mig/d2"]), REPLY_OK + SNAPSHOT_RECORD + SNAPSHOT_RECORD[:-1] + b"2"
+        )
+        self.assertEqual(snapshotListReply([]), REPLY_OK)
+        self.assertEqual(snapshotListReply(None), REPLY_ENOENT)
 
 
 class StreamReplyTests(SynchronousTestCase):

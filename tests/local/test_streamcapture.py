@@ -1,0 +1,97 @@
+"""
+Unit tests for L{imgrelay.local.streamcapture}, with a fake session and one
+real pipe (the dump's scenarios are in L{tests.scenarios.test_stream} and
+L{tests.scenarios.test_fuzz}).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.internet import main
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from imgrelay.core.interfaces import IImageSink, IOutgoingImage, IReadBuffers
+from imgrelay.core.limits import Limits
+from imgrelay.local.streamcapture import StreamCaptureProtocol
+from imgrelay.wire.criu import FD_BYTE, frame
+from imgrelay.wire.pb import criu_pb2
+from tests.local.test_remote import RecordingBuffers
+
+
+@implementer(IOutgoingImage)
+class _Image:
+    def __init__(self, name: str, ring: Optional[IReadBuffers]) -> None:
+        self.name = name
+        self.ring = ring
+        self.data = b""
+        self.closed = False
+        self.producer: Any = None
+
+    def attachProducer(self, producer: object) -> None:
+        self.producer = producer
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@implementer(IImageSink)
+class _Sink:
+    """
+    A session whose images read into C{ring}.
+    """
+
+    paused = False
+
+    def __init__(self, ring: Optional[IReadBuffers]) -> None:
+        self.ready: Deferred[None] = succeed(None)
+        self.result: Deferred[None] = Deferred()
+        self.ring = ring
+        self.images: list[_Image] = []
+
+    def openImage(self, snapshotId: str, name: str, mode: int = 0) -> _Image:
+        self.images.append(_Image(name, self.ring))
+        return self.images[-1]
+
+    def pushSnapshot(self, snapshotId: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        pass
+
+
+class StreamCaptureProtocolTests(SynchronousTestCase):
+    """
+    L{StreamCaptureProtocol} reads each passed pipe into its image.
+    """
+
+    def test_pipeReadIntoRing(self) -> None:
+        """
+        An image's pipe is read into the buffers of the image's C{ring}.
+        """
+        buffers = RecordingBuffers()
+        sink = _Sink(buffers)
+        protocol = StreamCaptureProtocol(lambda: sink, MemoryReactorClock(), Limits(), lambda: None)
+        protocol.makeConnection(StringTransport())
+        r, w = os.pipe()
+        os.write(w, b"content")
+        os.close(w)
+        protocol.fileDescriptorReceived(r)
+        protocol.dataReceived(frame(criu_pb2.StreamRequest(filename="pages-1.img")) + FD_BYTE)
+        (image,) = sink.images
+        image.producer.doRead()
+        self.assertEqual([kind for kind, _ in buffers.calls], ["take", "handedOn"])
+        self.assertEqual(image.data, b"content")
+        image.producer.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertTrue(image.closed)
