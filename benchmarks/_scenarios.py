@@ -13,7 +13,7 @@ from typing import Optional, Union
 import attrs
 
 from benchmarks._content import BLOCK, ImageSpec
-from imgrelay.testing import criu
+from imgrelay.testing import traces
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -132,7 +132,7 @@ _NUMBERED = re.compile(r"^(fdinfo|pages)-(\d+)\.img$")
 
 
 def _traceImages() -> dict[str, bytes]:
-    directory = os.path.join(criu.traceDir(), "images")
+    directory = os.path.join(traces.traceDir(), "images")
     out = {}
     for name in sorted(os.listdir(directory)):
         with open(os.path.join(directory, name), "rb") as f:
@@ -151,7 +151,7 @@ def traceScaled(scale: float) -> Scenario:
     the socket's end). Process I{j} replays the block of recorded process
     I{j mod 3} with its pid renamed to 30000+j, C{pages-(j+1)} and
     C{fdinfo-(j+2)}; each open writes half the image, its close the rest,
-    exactly as L{criu.replayDump}. Real image files are sent as they are,
+    exactly as L{traces.replayDump}. Real image files are sent as they are,
     pages as generated content of the recorded size.
 
     The restore asks in the recorded order, generalized: C{inventory},
@@ -161,7 +161,7 @@ def traceScaled(scale: float) -> Scenario:
     C{pages}. Absent images are asked for as CRIU does.
     """
     n = _count(100, scale, 3)
-    events = criu.loadTrace("dump-stream.json")["events"]
+    events = traces.loadTrace("dump-stream.json")["events"]
     real = _traceImages()
     sizes = {e["name"]: e["size"] for e in events if e["op"] == "close"}
     starts = [i for i, e in enumerate(events) if e["op"] == "open" and e["name"].startswith("ids-")]
@@ -213,7 +213,7 @@ def traceScaled(scale: float) -> Scenario:
 
     restore: list[tuple[str, bool]] = []
     seen: set[str] = set()
-    for request in criu.loadTrace("restore-stream.json")["requests"]:
+    for request in traces.loadTrace("restore-stream.json")["requests"]:
         if "name" not in request:
             continue
         name, exists = request["name"], request["exists"]

@@ -22,7 +22,7 @@ from imgrelay.core.version import VERSION
 from imgrelay.legacy import cacheService, proxyService
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.service import ProxyService
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import TLSFiles
 
 __version__ = VERSION

@@ -24,7 +24,7 @@ from imgrelay.core.store import Session, SessionState
 from imgrelay.daemon import Daemon, stopWithStatus
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.service import ProxyService
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.localsock import parseMode
 from imgrelay.transport.tls import TLSFiles, load
 

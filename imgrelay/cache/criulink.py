@@ -27,7 +27,8 @@ from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import RunningChecksum
 from imgrelay.core.names import BadName, checkId, checkImageName
-from imgrelay.core.store import Image, Session, SessionSlot
+from imgrelay.core.store import Image, Session
+from imgrelay.core.slot import SessionSlot
 from imgrelay.observe.logs import logsImage
 from imgrelay.wire.criu import PREFIX
 from imgrelay.wire.criulink import MAX_SNAPSHOT_LIST, O_APPEND, PARENT, decodeRemoteHeader, parseSnapshotList

@@ -11,7 +11,8 @@ from typing import Any, Callable, Union
 from twisted.application.internet import StreamServerEndpointService
 
 from imgrelay.cache.registry import SessionRegistry
-from imgrelay.core.store import Image, Session, SessionSlot, SessionState
+from imgrelay.core.store import Image, Session, SessionState
+from imgrelay.core.slot import SessionSlot
 from imgrelay.core.version import VERSION
 from imgrelay.observe.service import Observability, ObservingService
 from imgrelay.observe.stats import DaemonStats

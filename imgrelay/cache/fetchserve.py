@@ -29,7 +29,8 @@ from imgrelay.core.integrity import manifestDigest
 from imgrelay.core.limits import Limits
 from imgrelay.local.admit import AdmittingFactory
 from imgrelay.transport.senders import ISender, SocketSender, TransportSender
-from imgrelay.core.store import Session, SessionSlot, SessionState
+from imgrelay.core.store import Session, SessionState
+from imgrelay.core.slot import SessionSlot
 
 #: The most bytes of an image handed to the sender in one piece.
 PIECE = 1 << 20

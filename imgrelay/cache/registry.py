@@ -20,7 +20,8 @@ from zope.interface import implementer
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.core.names import BadName, checkSessionDirName
-from imgrelay.core.store import Session, SessionSlot, SessionState
+from imgrelay.core.store import Session, SessionState
+from imgrelay.core.slot import SessionSlot
 
 #: How many sessions a cache receives at once by default.
 DEFAULT_MAX_SESSIONS = 64

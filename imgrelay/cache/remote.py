@@ -15,7 +15,8 @@ from zope.interface import implementer
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.local.interfaces import IRemoteBackend
-from imgrelay.core.store import Image, Session, SessionSlot
+from imgrelay.core.store import Image, Session
+from imgrelay.core.slot import SessionSlot
 
 @implementer(IRemoteBackend)
 class CacheRemoteBackend:

@@ -23,7 +23,8 @@ from imgrelay.cache.registry import SessionRegistry
 from imgrelay.cache.remote import CacheRemoteBackend
 from imgrelay.cache.sessiondirs import SessionDirectories, SocketTable
 from imgrelay.core.limits import Limits
-from imgrelay.core.store import Session, SessionSlot
+from imgrelay.core.store import Session
+from imgrelay.core.slot import SessionSlot
 from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.streamserve import StreamServeFactory
 from imgrelay.transport.localsock import FETCH_SOCKET, REMOTE_CACHE_SOCKET, SERVE_SOCKET, localEndpoint

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from imgrelay.core.errors import SessionError
 from imgrelay.transport.localsock import DEFAULT_MODE, UnsafeDirectory, checkDirectory, localEndpoint
-from imgrelay.core.store import SessionSlot
+from imgrelay.core.slot import SessionSlot
 
 #: Each local socket of a session: its file name in the session's
 #: directory, and what makes its factory from the session's slot.

@@ -29,7 +29,8 @@ from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT
-from imgrelay.proxy.session import ProxySession, SessionOutcome
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import TLSFiles, clientEndpoint, hostOf
 
 #: How much a reader reads per reactor turn.

@@ -24,7 +24,8 @@ from imgrelay.core.limits import Limits
 from imgrelay.local.admit import AdmittingFactory
 from imgrelay.core.names import BadName, checkImageName
 from imgrelay.transport.pipes import PipeWriter
-from imgrelay.core.store import Image, Session, SessionSlot
+from imgrelay.core.store import Image, Session
+from imgrelay.core.slot import SessionSlot
 
 
 @implementer(IFileDescriptorReceiver)

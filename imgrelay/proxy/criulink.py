@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.proxy.session import ILinkSender, ProxySession
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.wire.criu import frame
 from imgrelay.wire.criulink import O_APPEND, O_WRONLY, PARENT, remoteHeader
 from imgrelay.wire.link import APPEND

@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from imgrelay.core.version import VERSION
 from imgrelay.observe.service import Observability, ObservingService
 from imgrelay.observe.stats import DaemonStats
-from imgrelay.proxy.session import OutgoingImage, ProxySession, SessionOutcome
+from imgrelay.proxy.session import OutgoingImage, ProxySession
+from imgrelay.proxy.interfaces import SessionOutcome
 
 if TYPE_CHECKING:
     from imgrelay.proxy.service import ProxyService

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgrelay.proxy.link import ProxyLinkFactory
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 
 #: Give the session up after this many seconds without an accepted link.
 DEFAULT_GIVE_UP = 60.0

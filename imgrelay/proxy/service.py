@@ -24,7 +24,8 @@ from imgrelay.proxy.feeds import observeProxy
 from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.reconnect import LinkDriver
 from imgrelay.proxy.remote import ProxyRemoteBackend
-from imgrelay.proxy.session import ProxySession, SessionOutcome
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import clientEndpoint
 
 if TYPE_CHECKING:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Union
 
-import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from imgrelay.proxy.interfaces import ILinkSender, SessionOutcome
 from imgrelay.core.errors import SessionError
 from imgrelay.core.integrity import ManifestEntry, RunningChecksum, manifestDigest
 from imgrelay.core.interfaces import IImageSink, IOutgoingImage
@@ -28,42 +28,6 @@ from imgrelay.observe.logs import logsImage, rate
 from imgrelay.core.names import MAX_NAME, checkId, checkImageName
 from imgrelay.transport.pipes import BufferRing
 from imgrelay.core.store import Image, Session
-
-
-class ILinkSender(Interface):
-    """
-    What a proxy session sends on its link.
-    """
-
-    def sendOpen(image: int, snapshotId: str, name: str, mode: int) -> None:
-        """Announce a new image (C{mode}: CREATE, REPLACE or APPEND)."""
-
-    def sendSnapshot(snapshotId: str) -> None:
-        """Push a snapshot id onto the session's snapshot list."""
-
-    def sendChunk(image: int, data: bytes) -> None:
-        """Send some of an image's bytes."""
-
-    def sendClose(image: int, size: int, crc: int) -> None:
-        """Announce an image's end, size and checksum."""
-
-    def sendDone(images: int, size: int, digest: bytes) -> None:
-        """Begin the final handshake."""
-
-    def sendAbort(reason: str) -> None:
-        """Tell the cache the session is given up, and close."""
-
-
-@attrs.frozen
-class SessionOutcome:
-    """
-    A session the cache confirmed complete.
-    """
-
-    name: str
-    images: int
-    bytes: int
-    seconds: float
 
 
 @implementer(IOutgoingImage)

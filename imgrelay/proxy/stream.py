@@ -22,7 +22,8 @@ from imgrelay.wire.link import CREATE, MAX_CHUNK, VERSION, ProxyMessage, chunkHe
 from imgrelay.proxy.outbound import BadOffset, Buffer, OutboundLog
 from imgrelay.wire.pb import link_pb2
 from imgrelay.transport.pipes import PIPE_BLOCK, BufferRing
-from imgrelay.proxy.session import ILinkSender, ProxySession
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import ILinkSender
 
 #: The most session-stream bytes the proxy holds unacknowledged, by default.
 DEFAULT_WINDOW = 64 << 20

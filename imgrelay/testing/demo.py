@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Optional
 
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 from imgrelay.testing.daemons import Daemon, freePort
 
 
@@ -61,11 +61,11 @@ def _run(cache: Daemon, proxy: Daemon, dumpDir: str, restoreDir: str, pagesSize:
     cache.waitFor(path=serve)
     proxy.waitFor(path=capture)
 
-    images = criu.traceImages()
-    images["pages-4.img"] = criu.patternBytes("pages-4.img", pagesSize)
-    events = criu.loadTrace("dump-stream.json")["events"]
+    images = traces.traceImages()
+    images["pages-4.img"] = traces.patternBytes("pages-4.img", pagesSize)
+    events = traces.loadTrace("dump-stream.json")["events"]
     events = events[:-1] + [{"op": "open", "name": "pages-4.img"}, {"op": "close", "name": "pages-4.img"}] + events[-1:]
-    names = [name for name, _ in criu.restoreNames()] + sorted(n for n in images if n.startswith("pages-"))
+    names = [name for name, _ in traces.restoreNames()] + sorted(n for n in images if n.startswith("pages-"))
 
     restored: dict[str, Optional[bytes]] = {}
     errors: list[BaseException] = []
@@ -81,7 +81,7 @@ def _run(cache: Daemon, proxy: Daemon, dumpDir: str, restoreDir: str, pagesSize:
     start = time.monotonic()
     restorer = threading.Thread(target=restore)
     restorer.start()
-    criu.replayDump(capture, images, events)
+    traces.replayDump(capture, images, events)
     restorer.join()
     seconds = time.monotonic() - start
 

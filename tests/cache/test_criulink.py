@@ -20,7 +20,8 @@ from imgrelay.wire.criulink import (
     PARENT,
     remoteHeader,
 )
-from imgrelay.core.store import Session, SessionSlot, SessionState
+from imgrelay.core.store import Session, SessionState
+from imgrelay.core.slot import SessionSlot
 from imgrelay.cache.criulink import CriuLinkReceiver, CriuLinkReceiverFactory
 
 from tests.proxy.test_criulink import RecordingTransport

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from imgrelay.cache.feeds import watchSlot
 from imgrelay.core.imagedata import ImageData
 from imgrelay.observe.stats import DaemonStats
-from imgrelay.core.store import Image, SessionSlot
+from imgrelay.core.store import Image
+from imgrelay.core.slot import SessionSlot
 
 
 def _image(snapshotId: str, name: str, content: bytes) -> Image:

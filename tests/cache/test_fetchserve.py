@@ -37,8 +37,9 @@ from imgrelay.core.limits import Limits
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import ProxyService
 from imgrelay.transport.senders import SocketSender
-from imgrelay.core.store import Image, Session, SessionSlot
-from imgrelay.testing import criu
+from imgrelay.core.store import Image, Session
+from imgrelay.core.slot import SessionSlot
+from imgrelay.testing import traces
 
 
 def addImage(session: Session, snapshotId: str, name: str, content: bytes) -> None:
@@ -302,9 +303,9 @@ class FetchIntegrationTests(TestCase):
         )
         proxy.startService()
         self.addCleanup(proxy.stopService)
-        images = criu.traceImages()
-        images["pages-big.img"] = criu.patternBytes("pages-big.img", 9 << 20)
-        events = criu.loadTrace("dump-stream.json")["events"]
+        images = traces.traceImages()
+        images["pages-big.img"] = traces.patternBytes("pages-big.img", 9 << 20)
+        events = traces.loadTrace("dump-stream.json")["events"]
         # The big image opens early and closes late, as CRIU's pages do.
         events = events[:3] + [{"op": "open", "name": "pages-big.img"}] + events[3:-1] + [
             {"op": "close", "name": "pages-big.img"}, events[-1]]
@@ -320,7 +321,7 @@ class FetchIntegrationTests(TestCase):
 
         self.patch(FetchServeFactory, "buildProtocol", recording)
         fetching = deferToThread(receive, sock, outDir, progress)
-        await deferToThread(criu.replayDump, os.path.join(dumpDir, CAPTURE_SOCKET), images, events)
+        await deferToThread(traces.replayDump, os.path.join(dumpDir, CAPTURE_SOCKET), images, events)
         fetched = await fetching
         # The bytes went out straight from the images' blocks.
         self.assertIsInstance(protocols[0]._sender, SocketSender)

@@ -30,7 +30,8 @@ from imgrelay.wire.link import (
     frame,
 )
 from imgrelay.wire.pb import link_pb2
-from imgrelay.core.store import Session, SessionSlot, SessionState
+from imgrelay.core.store import Session, SessionState
+from imgrelay.core.slot import SessionSlot
 
 #: An image as the tests send it: (snapshot id, name, content).
 Sent = tuple[str, str, bytes]

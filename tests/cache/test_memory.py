@@ -21,7 +21,7 @@ from imgrelay.cache.link import CacheLinkProtocol
 from imgrelay.core.limits import parseSize
 from imgrelay.cache.memory import IBoundReader, MemoryBound
 from imgrelay.core.store import Session, SessionState
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 
 
 @implementer(IBoundReader)
@@ -227,7 +227,7 @@ class MemoryBoundIntegrationTests(TestCase):
         self.addCleanup(cache.stopService)
         port = (await cache.linkAddress()).port  # type: ignore[attr-defined]
         contents = {
-            f"mig-{i}": {"pages-1.img": criu.patternBytes(f"pages-{i}", 8 << 20), "core-1.img": os.urandom(3000 + i)}
+            f"mig-{i}": {"pages-1.img": traces.patternBytes(f"pages-{i}", 8 << 20), "core-1.img": os.urandom(3000 + i)}
             for i in range(3)
         }
         restored: dict[str, Deferred[dict[str, Optional[bytes]]]] = {}

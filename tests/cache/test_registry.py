@@ -15,7 +15,8 @@ from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS, SessionRegistry
-from imgrelay.core.store import Image, Session, SessionSlot, SessionState
+from imgrelay.core.store import Image, Session, SessionState
+from imgrelay.core.slot import SessionSlot
 
 
 def _image(name: str, content: bytes) -> Image:

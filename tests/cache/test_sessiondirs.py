@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.core.errors import SessionError
 from imgrelay.cache.sessiondirs import SessionDirectories, makeSessionDirectory
-from imgrelay.core.store import SessionSlot
+from imgrelay.core.slot import SessionSlot
 
 
 class _Refusing(MemoryReactor):

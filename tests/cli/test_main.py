@@ -26,7 +26,7 @@ from imgrelay.transport.localsock import FETCH_SOCKET
 from imgrelay.cli import main as _cli
 from imgrelay.cache.service import CacheService
 from imgrelay.core.store import Session, SessionState
-from imgrelay.testing import criu
+from imgrelay.testing import traces
 from imgrelay.testing.daemons import Daemon, freePort
 
 
@@ -87,7 +87,7 @@ class SubprocessTests(TestCase):
         restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
         os.mkdir(restore, 0o700)
         os.mkdir(source)
-        images = criu.traceImages()
+        images = traces.traceImages()
         for name, content in images.items():
             with open(os.path.join(source, name), "wb") as f:
                 f.write(content)
@@ -185,7 +185,7 @@ class DaemonTests(SynchronousTestCase):
         restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
         os.mkdir(restore, 0o700)
         os.mkdir(source)
-        images = {"inventory.img": os.urandom(86), "pages-1.img": criu.patternBytes("p", 3 << 20), "empty.img": b""}
+        images = {"inventory.img": os.urandom(86), "pages-1.img": traces.patternBytes("p", 3 << 20), "empty.img": b""}
         for name, content in images.items():
             with open(os.path.join(source, name), "wb") as f:
                 f.write(content)

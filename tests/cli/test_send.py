@@ -28,9 +28,9 @@ from imgrelay.cli.progress import Progress
 from imgrelay.cli.send import BLOCK, FileReader, SendError, linkEndpoint, listImages, send
 from imgrelay.cli.fetch import Fetched, connect, receive
 from imgrelay.core.interfaces import IOutgoingImage
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import TLSFiles
-from imgrelay.testing import criu
+from imgrelay.testing import traces
 from tests.e2e.test_e2e import CuttingRelay
 from tests.transport.test_tls import Authority
 
@@ -184,8 +184,8 @@ class SendTests(TestCase):
     def makeImages(self) -> tuple[str, dict[str, bytes]]:
         source = os.path.join(self.base, "source")
         os.mkdir(source)
-        images = criu.traceImages()
-        images["pages-big.img"] = criu.patternBytes("pages-big.img", 6 << 20)
+        images = traces.traceImages()
+        images["pages-big.img"] = traces.patternBytes("pages-big.img", 6 << 20)
         images["empty.img"] = b""
         for name, content in images.items():
             with open(os.path.join(source, name), "wb") as f:

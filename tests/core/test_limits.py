@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.cache.link import CacheLinkProtocol
 from imgrelay.core.limits import Limits
-from imgrelay.core.store import SessionSlot, SessionState
+from imgrelay.core.store import SessionState
+from imgrelay.core.slot import SessionSlot
 from imgrelay.local.streamserve import StreamServeFactory
 from imgrelay.wire.link import CacheMessage
 from imgrelay.core.names import BadName

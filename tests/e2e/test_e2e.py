@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 from imgrelay.testing.daemons import Daemon, freePort
 
 
@@ -102,7 +102,7 @@ class EndToEndTests(_DaemonCase):
         cache = self.cache("--oneshot")
         proxy = self.proxy("--oneshot")
         images = {f"small-{i}.img": os.urandom(100 + 13 * i) for i in range(300)}
-        images["pages-1.img"] = criu.patternBytes("pages-1.img", 256 << 20)
+        images["pages-1.img"] = traces.patternBytes("pages-1.img", 256 << 20)
         restored = self.migrate(images, sorted(images) + ["memfd.img"], proxy, cache)
         self.assertIsNone(restored.pop("memfd.img"))
         self.assertEqual(sorted(restored), sorted(images))
@@ -239,7 +239,7 @@ class RemoteEndToEndTests(SynchronousTestCase):
         images = {}
         for i, snapshot in enumerate(["/mig/d1", "/mig/d2", "/mig/d3"]):
             dump.pushParent(snapshot)
-            images[(snapshot, "pages-1.img")] = criu.patternBytes(snapshot, (8 << 20) + i)
+            images[(snapshot, "pages-1.img")] = traces.patternBytes(snapshot, (8 << 20) + i)
             images[(snapshot, "pagemap-1.img")] = os.urandom(200)
             if snapshot == "/mig/d3":
                 images[(snapshot, "pstree.img")] = os.urandom(64)
@@ -340,7 +340,7 @@ class ResumeEndToEndTests(_DaemonCase):
             "--oneshot",
         )
         images = {f"small-{i}.img": os.urandom(100 + 97 * i) for i in range(50)}
-        images["pages-1.img"] = criu.patternBytes("pages-1.img", 200 << 20)
+        images["pages-1.img"] = traces.patternBytes("pages-1.img", 200 << 20)
         restored = self.migrate(images, sorted(images), proxy, cache)
         self.assertEqual(sorted(restored), sorted(images))
         for name, content in images.items():
@@ -382,7 +382,7 @@ class SessionsRootEndToEndTests(SynchronousTestCase):
             self.addCleanup(proxy.stop)
             capture = os.path.join(dumpDir, "streamer-capture.sock")
             proxy.waitFor(path=capture)
-            images = {"inventory.img": os.urandom(90), f"only-{i}.img": criu.patternBytes(str(i), (2 << 20) + i)}
+            images = {"inventory.img": os.urandom(90), f"only-{i}.img": traces.patternBytes(str(i), (2 << 20) + i)}
             dumper = criu.StreamDumper(capture)
             for name, content in sorted(images.items()):
                 dumper.send(name, content)

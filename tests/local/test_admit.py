@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.cache.fetchserve import FetchServeFactory
 from imgrelay.core.limits import Limits
-from imgrelay.core.store import SessionSlot
+from imgrelay.core.slot import SessionSlot
 from imgrelay.local.admit import AdmittingFactory
 from imgrelay.local.remote import RemoteFactory
 from imgrelay.cache.remote import CacheRemoteBackend

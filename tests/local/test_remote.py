@@ -25,7 +25,8 @@ from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.local.remote import RemoteProtocol
 from imgrelay.cache.remote import CacheRemoteBackend
 from imgrelay.proxy.remote import ProxyRemoteBackend
-from imgrelay.core.store import Image, SessionSlot
+from imgrelay.core.store import Image
+from imgrelay.core.slot import SessionSlot
 from imgrelay.wire.criu import FD_BYTE
 
 # The vectors of ../shared/spec/criu-wire.md section 2.

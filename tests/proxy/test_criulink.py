@@ -22,7 +22,8 @@ from imgrelay.wire.criulink import (
 )
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.link import APPEND, REPLACE
-from imgrelay.proxy.session import ILinkSender, ProxySession
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.criulink import CriuLinkSender, CriuLinkSenderFactory
 
 from tests.wire.test_criulink import PAGES, RECORD, VECTOR, image

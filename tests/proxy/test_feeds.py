@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from imgrelay.proxy.feeds import watchProxy
-from imgrelay.proxy.session import ILinkSender, ProxySession
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.observe.stats import DaemonStats
 
 

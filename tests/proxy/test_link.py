@@ -31,8 +31,10 @@ from imgrelay.wire.link import (
 from imgrelay.wire.pb import link_pb2
 from imgrelay.proxy.stream import DEFAULT_WINDOW, IConnection
 from imgrelay.proxy.link import ProxyLinkFactory, ProxyLinkProtocol
-from imgrelay.proxy.session import ILinkSender, ProxySession, SessionOutcome
-from imgrelay.core.store import SessionSlot, SessionState
+from imgrelay.proxy.session import ProxySession
+from imgrelay.proxy.interfaces import ILinkSender, SessionOutcome
+from imgrelay.core.store import SessionState
+from imgrelay.core.slot import SessionSlot
 from tests.proxy.test_session import FakeProducer
 
 

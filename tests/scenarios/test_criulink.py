@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.wire.link import APPEND, REPLACE
 from imgrelay.proxy.session import ProxySession
-from imgrelay.core.store import SessionSlot, SessionState
+from imgrelay.core.store import SessionState
+from imgrelay.core.slot import SessionSlot
 from imgrelay.cache.criulink import CriuLinkReceiver
 from imgrelay.proxy.criulink import CriuLinkSender
 

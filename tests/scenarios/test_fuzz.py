@@ -75,7 +75,8 @@ from imgrelay.transport.pipes import PipeReader
 from imgrelay.proxy.link import ProxyLinkFactory, ProxyLinkProtocol
 from imgrelay.transport.receiver import HEADER_READ
 from imgrelay.proxy.session import OutgoingImage, ProxySession
-from imgrelay.core.store import Image, Session, SessionSlot
+from imgrelay.core.store import Image, Session
+from imgrelay.core.slot import SessionSlot
 from imgrelay.local.streamcapture import StreamCaptureProtocol
 from imgrelay.local.streamserve import StreamServeProtocol
 

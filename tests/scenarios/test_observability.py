@@ -24,7 +24,7 @@ from twisted.web.client import Agent, readBody
 import imgrelay
 from imgrelay.transport.pipes import PipeReader
 from imgrelay.observe.stats import DaemonStats, SessionStats
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 from tests.observe.test_web import samples
 from tests.cache.test_link import chunk, done, hello, imageClose, imageOpen, wholeImage
 from tests.observe.test_statusfd import fillPipe
@@ -133,7 +133,7 @@ class ObservabilityTests(TestCase):
         complete = sessionEvent(stats, "complete", "good")
         released: Deferred[Any] = Deferred()
         cache.addSessionObserver(lambda s: released.called or released.callback(s))
-        images = {"inventory.img": b"inventory", "pages-1.img": criu.patternBytes("pages-1.img", 3 << 20)}
+        images = {"inventory.img": b"inventory", "pages-1.img": traces.patternBytes("pages-1.img", 3 << 20)}
 
         def migrate() -> dict[str, Optional[bytes]]:
             d = criu.StreamDumper(os.path.join(dumpDir, "streamer-capture.sock"))
@@ -215,7 +215,7 @@ class ObservabilityTests(TestCase):
         held = fillPipe(w)
         cache = self.startCache(statusFd=w)
         complete = sessionEvent(cache.observer.stats, "complete", "mig")
-        content = criu.patternBytes("big.img", 2 << 20)
+        content = traces.patternBytes("big.img", 2 << 20)
         link = await self.rawSession(cache, hello("mig") + wholeImage(1, "big.img", content) + done([("", "big.img", content)]))
         session = await complete
         self.assertEqual(session.bytes, len(content))

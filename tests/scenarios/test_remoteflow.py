@@ -21,10 +21,11 @@ from imgrelay.transport.localsock import REMOTE_CACHE_SOCKET, REMOTE_PROXY_SOCKE
 from imgrelay.cache.service import CacheService
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import ProxyService
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.wire.criu import O_RDONLY, O_WRONLY
 from imgrelay.core.store import SessionState
-from imgrelay.testing.criu import RemoteClient, patternBytes, writeAll
+from imgrelay.testing.criu import RemoteClient, writeAll
+from imgrelay.testing.traces import patternBytes
 
 
 class RemoteRelay:

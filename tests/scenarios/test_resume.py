@@ -29,9 +29,11 @@ from imgrelay.proxy.stream import MIN_WINDOW
 from imgrelay.wire.link import CacheMessage, ProxyMessage, frame
 from imgrelay.wire.pb import link_pb2
 from imgrelay.proxy.link import ProxyLinkFactory, ProxyLinkProtocol
-from imgrelay.proxy.session import OutgoingImage, ProxySession, SessionOutcome
+from imgrelay.proxy.session import OutgoingImage, ProxySession
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.proxy.reconnect import LinkDriver
-from imgrelay.core.store import SessionSlot, SessionState
+from imgrelay.core.store import SessionState
+from imgrelay.core.slot import SessionSlot
 
 MiB = 1 << 20
 

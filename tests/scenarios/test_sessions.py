@@ -24,7 +24,7 @@ import imgrelay
 from imgrelay.wire.link import cacheMessageFramer
 from imgrelay.wire.pb import link_pb2
 from imgrelay.core.store import Session, SessionState
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 from tests.cache.test_link import chunk, done, hello, imageClose, imageOpen
 
 
@@ -198,7 +198,7 @@ class ManySessionsTests(TestCase):
         self.addCleanup(proxy.stopService)
         name = proxy.sessionName
         images = {f"small-{i}.img": os.urandom(50 + i) for i in range(20)}
-        images["pages-1.img"] = criu.patternBytes("pages-1.img", 3 << 20)
+        images["pages-1.img"] = traces.patternBytes("pages-1.img", 3 << 20)
 
         def dumpAll() -> None:
             d = criu.StreamDumper(os.path.join(dump, "streamer-capture.sock"))
@@ -262,7 +262,7 @@ class ManySessionsTests(TestCase):
         directory and sockets are removed and its memory dropped.
         """
         cache = await self.startCache(retain=600)
-        images = {"inventory.img": b"inventory", "pages-1.img": criu.patternBytes("p", 1 << 20)}
+        images = {"inventory.img": b"inventory", "pages-1.img": traces.patternBytes("p", 1 << 20)}
         client = await self.link("web-1", wholeSession(images))
         await client.answer("done_ok")
         self.assertEqual(await self.restore("web-1", sorted(images)), images)

@@ -32,9 +32,10 @@ from imgrelay.wire.criu import streamReply
 from imgrelay.wire.pb.criu_pb2 import StreamRequest
 from imgrelay.transport.localsock import localEndpoint
 from imgrelay.proxy.service import ProxyService
-from imgrelay.proxy.session import SessionOutcome
-from imgrelay.core.store import Image, SessionSlot, SessionState
-from imgrelay.testing import criu
+from imgrelay.proxy.interfaces import SessionOutcome
+from imgrelay.core.store import Image, SessionState
+from imgrelay.core.slot import SessionSlot
+from imgrelay.testing import criu, traces
 
 
 class Relay:
@@ -95,9 +96,9 @@ class Relay:
 
 
 def traceWithBigImage(size: int) -> tuple[dict[str, bytes], list[dict]]:  # type: ignore[type-arg]
-    images = criu.traceImages()
-    images["pages-big.img"] = criu.patternBytes("pages-big.img", size)
-    events = criu.loadTrace("dump-stream.json")["events"]
+    images = traces.traceImages()
+    images["pages-big.img"] = traces.patternBytes("pages-big.img", size)
+    events = traces.loadTrace("dump-stream.json")["events"]
     # The big image opens early and closes late, as CRIU's pages do.
     events = events[:3] + [{"op": "open", "name": "pages-big.img"}] + events[3:-1] + [
         {"op": "close", "name": "pages-big.img"}, events[-1]]
@@ -121,7 +122,7 @@ class StreamMigrationTests(TestCase):
         """
         relay = await Relay(self).start()
         images, events = traceWithBigImage(3 << 20)
-        names = [name for name, _ in criu.restoreNames()] + sorted(n for n in images if n.startswith("pages-"))
+        names = [name for name, _ in traces.restoreNames()] + sorted(n for n in images if n.startswith("pages-"))
 
         def restore() -> dict[str, Optional[bytes]]:
             r = criu.StreamRestorer(relay.serve)
@@ -131,9 +132,9 @@ class StreamMigrationTests(TestCase):
                 r.close()
 
         restored = deferToThread(restore)
-        await deferToThread(criu.replayDump, relay.capture, images, events)
+        await deferToThread(traces.replayDump, relay.capture, images, events)
         result = await restored
-        for name, existed in criu.restoreNames():
+        for name, existed in traces.restoreNames():
             self.assertEqual(result[name] is not None, existed, name)
         for name, content in images.items():
             self.assertEqual(result[name], content, name)
@@ -150,8 +151,8 @@ class StreamMigrationTests(TestCase):
         once from memory.
         """
         relay = await Relay(self).start()
-        images = criu.traceImages()
-        await deferToThread(criu.replayDump, relay.capture, images)
+        images = traces.traceImages()
+        await deferToThread(traces.replayDump, relay.capture, images)
         await relay.waitOutcome()
         r = criu.StreamRestorer(relay.serve)
         result = await deferToThread(r.fetchAll, list(images) + ["memfd.img"])
@@ -184,7 +185,7 @@ class StreamMigrationTests(TestCase):
         other image: the cache never blocks on one pipe.
         """
         relay = await Relay(self).start()
-        big = criu.patternBytes("big", 8 << 20)
+        big = traces.patternBytes("big", 8 << 20)
         images = {"pages-1.img": big, "core-1.img": b"core", "mm-1.img": b"mm" * 1000}
 
         def dump() -> None:
@@ -275,7 +276,7 @@ class CaptureBadInputTests(TestCase):
         logged = " ".join(str(e.get("reason", "")) for e in events)
         self.assertIn(expected, logged)
         # The proxy still serves: a good dump goes through.
-        await deferToThread(criu.replayDump, relay.capture, criu.traceImages())
+        await deferToThread(traces.replayDump, relay.capture, traces.traceImages())
         self.assertIsInstance(await relay.waitOutcome(2), SessionOutcome)
 
     async def test_hostileNames(self) -> None:
@@ -386,7 +387,7 @@ class ServeBadInputTests(TestCase):
 
     async def _completed(self) -> Relay:
         relay = await Relay(self).start()
-        await deferToThread(criu.replayDump, relay.capture, criu.traceImages())
+        await deferToThread(traces.replayDump, relay.capture, traces.traceImages())
         await relay.waitOutcome()
         return relay
 
@@ -396,7 +397,7 @@ class ServeBadInputTests(TestCase):
         await deferToThread(send)
         logged = " ".join(str(e.get("reason", "")) for e in events)
         self.assertIn(expected, logged)
-        self.assertEqual(await deferToThread(good.fetch, "pstree.img"), criu.traceImages()["pstree.img"])
+        self.assertEqual(await deferToThread(good.fetch, "pstree.img"), traces.traceImages()["pstree.img"])
         good.close()
 
     async def test_hostileName(self) -> None:
@@ -440,7 +441,7 @@ class ServeBadInputTests(TestCase):
 
         def dump() -> None:
             d = criu.StreamDumper(relay.capture)
-            d.send("pages-1.img", criu.patternBytes("p", 4 << 20))
+            d.send("pages-1.img", traces.patternBytes("p", 4 << 20))
             d.close()
 
         await deferToThread(dump)
@@ -457,10 +458,10 @@ class ServeBadInputTests(TestCase):
         await deferToThread(send)
         await relay.waitFor(lambda: any("failed" in str(e.get("log_format", "")) for e in events))
         # The cache goes on: the next migration is served.
-        await deferToThread(criu.replayDump, relay.capture, criu.traceImages())
+        await deferToThread(traces.replayDump, relay.capture, traces.traceImages())
         self.assertIsInstance(await relay.waitOutcome(2), SessionOutcome)
         r = criu.StreamRestorer(relay.serve)
-        self.assertEqual(await deferToThread(r.fetch, "pstree.img"), criu.traceImages()["pstree.img"])
+        self.assertEqual(await deferToThread(r.fetch, "pstree.img"), traces.traceImages()["pstree.img"])
         r.close()
 
 
@@ -479,7 +480,7 @@ class ServedCountTests(SynchronousTestCase):
         image is counted among those served.
         """
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
-        content = criu.patternBytes("pages", 300 << 10)
+        content = traces.patternBytes("pages", 300 << 10)
         data = ImageData()
         data.append(content)
         data.close()

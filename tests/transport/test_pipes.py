@@ -17,7 +17,8 @@ from zope.interface.verify import verifyObject
 from imgrelay.core.interfaces import IReadBuffers
 from imgrelay.transport import pipes as _pipes
 from imgrelay.transport.pipes import BufferRing, PipeReader, PipeWriter
-from imgrelay.testing.criu import patternBytes, readAll, writeAll
+from imgrelay.testing.criu import readAll, writeAll
+from imgrelay.testing.traces import patternBytes
 
 
 class PipeReaderTests(TestCase):

@@ -27,10 +27,10 @@ from imgrelay.config import CacheConfig, ProxyConfig
 from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
 from imgrelay.cache.service import CacheService
 from imgrelay.proxy.service import ProxyService
-from imgrelay.proxy.session import SessionOutcome
+from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import TLSFiles, hostOf, load
 from imgrelay.tap import CacheOptions, ProxyOptions
-from imgrelay.testing import criu
+from imgrelay.testing import criu, traces
 
 _NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -133,7 +133,7 @@ class TLSMigrationTests(TestCase):
             d = criu.StreamDumper(os.path.join(dump, CAPTURE_SOCKET))
             try:
                 d.send("inventory.img", b"inventory")
-                d.send("pages-1.img", criu.patternBytes("p", 3 << 20))
+                d.send("pages-1.img", traces.patternBytes("p", 3 << 20))
             except OSError:
                 pass  # a refused session closes the pipes
             d.close()
@@ -155,7 +155,7 @@ class TLSMigrationTests(TestCase):
         outcome = await self.migrate(self.ca.issue("proxy", ["proxy.example"]))
         self.assertIsInstance(outcome, SessionOutcome)
         r = criu.StreamRestorer(os.path.join(self.restoreDir, SERVE_SOCKET))
-        self.assertEqual(await deferToThread(r.fetch, "pages-1.img"), criu.patternBytes("p", 3 << 20))
+        self.assertEqual(await deferToThread(r.fetch, "pages-1.img"), traces.patternBytes("p", 3 << 20))
         r.close()
 
     async def test_proxyOfAnotherCA(self) -> None:
