@@ -24,6 +24,7 @@ from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk
 from imgrelay.core.integrity import RunningChecksum, manifestDigest
 from imgrelay.transport.keepalive import watchPeer
+from imgrelay.transport.peer import peerOf
 from imgrelay.core.limits import Limits
 from imgrelay.observe.logs import logsImage, rate
 from imgrelay.cache.memory import IBoundReader, MemoryBound
@@ -654,7 +655,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         if self.stream is None and not self._closing:
             self.log.warn(
                 "link from {peer} closed before its hello: {reason}",
-                peer=_peerOf(self.transport), reason=reason.getErrorMessage(),
+                peer=peerOf(self.transport), reason=reason.getErrorMessage(),
             )
         self.setTimeout(None)
         if self._receiver is not None:
@@ -665,15 +666,6 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             self.factory.linkClosed(self, reason)
         elif self.stream is not None and self.stream.link is self:
             self.stream.state.lost(f"link lost before the session completed ({reason.getErrorMessage()})")
-
-
-def _peerOf(transport: object) -> str:
-    try:
-        peer = transport.getPeer()  # type: ignore[attr-defined]
-    except Exception:
-        return "an unknown peer"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)
 
 
 class CacheLinkFactory(Factory):
