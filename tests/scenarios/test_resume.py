@@ -710,7 +710,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         session = ProxySession("mig", reactor.seconds)
-        factory = ProxyLinkFactory(session, reactor, acceptTimeout=30)
+        factory = ProxyLinkFactory(session, reactor, idleTimeout=30)
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
