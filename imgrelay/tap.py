@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from imgrelay.cache.service import cacheService
-from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT
+from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.daemon import stopWithStatus
 from imgrelay.core.limits import Limits, parseSize
 from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW

@@ -15,7 +15,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
-from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT, CacheLinkFactory
+from imgrelay.cache.link import CacheLinkFactory
+from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.local.criulink import CriuLinkReceiverFactory
 from imgrelay.observe.feeds import observeCache
 from imgrelay.cache.fetchserve import FetchServeFactory

@@ -517,7 +517,7 @@ class ResumeTests(SynchronousTestCase):
         def connection(wire: Wire, n: int) -> None:
             if n == 1:
                 self.feedAndDeliver(migration, wire, MiB)
-                migration.cacheFactory.streams.clear()
+                migration.cacheFactory.resumes.streams.clear()
                 wire.cut()
 
         self.run_(migration, connection)
@@ -544,7 +544,7 @@ class ResumeTests(SynchronousTestCase):
         answer = CacheMessage.FromString(side.out[0][4:])
         self.assertIn("wrong resume token", answer.refuse.reason)
         self.assertIs(migration.cached.state, SessionState.RECEIVING)
-        self.assertIn("mig", migration.cacheFactory.streams)
+        self.assertIn("mig", migration.cacheFactory.resumes.streams)
 
     def test_newLinkReplacesOld(self) -> None:
         """
@@ -617,7 +617,7 @@ class GivingUpTests(SynchronousTestCase):
         self.assertIn("cut by the test", restore.failure or "")
         self.assertIsNone(self.successResultOf(restore.waitImage("", "core-1.img")))
         self.assertIn("did not resume the session within 120 s", logs.text())
-        self.assertNotIn("mig", migration.cacheFactory.streams)
+        self.assertNotIn("mig", migration.cacheFactory.resumes.streams)
         # The proxy side, left alone, gave up too.
         self.failureResultOf(migration.session.result, SessionError)
 
@@ -682,7 +682,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         factory = CacheLinkFactory(
-            SessionSlot(), reactor.seconds, reactor, resumeTimeout=RESUME_TIMEOUT, helloTimeout=30
+            SessionSlot(), reactor.seconds, reactor, resumeTimeout=RESUME_TIMEOUT, idleTimeout=30
         )
         silent = factory.buildProtocol(None)
         silentTransport = StringTransport()
@@ -765,6 +765,6 @@ class ShutdownTests(SynchronousTestCase):
         migration.cacheFactory.abortAll()
         self.assertIs(migration.cached.state, SessionState.FAILED)
         self.assertEqual(migration.cached.failure, "the cache is shutting down")
-        self.assertEqual(migration.cacheFactory.streams, {})
+        self.assertEqual(migration.cacheFactory.resumes.streams, {})
         migration.session.abort("test over")
         self.failureResultOf(migration.session.result, SessionError)
