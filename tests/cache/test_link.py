@@ -30,6 +30,13 @@ from imgrelay.wire.pb import link_pb2
 from tests.cache.helpers import LinkTestMixin, chunk, done, hello, imageClose, imageOpen, wholeImage
 
 
+def _tokenHello(resume: bool, session: str = "mig") -> bytes:
+    """
+    @return: A framed hello with a resume token: a first one, or a resume.
+    """
+    return frame(ProxyMessage(hello=link_pb2.Hello(version=1, session=session, resume=resume, resume_token=b"t" * 16)))
+
+
 class _CacheLinkMixin(LinkTestMixin):
     """
     Tests of L{CacheLinkProtocol}'s own work, whatever way the bytes
@@ -237,6 +244,38 @@ class WhenIdleTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(idle)
 
+    def test_whenIdleAfterReplacedLink(self) -> None:
+        """
+        A link replaced by a resuming one while its own close is still
+        pending counts as open until it closes: after the session completes
+        on the new link, L{CacheLinkFactory.whenIdle} fires once both links
+        closed, whichever closes first.
+        """
+        for oldClosesFirst in (True, False):
+            clock = Clock()
+            factory = CacheLinkFactory(SessionSlot(clock=clock.seconds), clock.seconds, clock)
+            old, oldTransport = factory.buildProtocol(None), StringTransport()
+            old.makeConnection(oldTransport)
+            old.dataReceived(_tokenHello(resume=False) + wholeImage(1, "a.img", b"abc"))
+            new, newTransport = factory.buildProtocol(None), StringTransport()
+            new.makeConnection(newTransport)
+            new.dataReceived(_tokenHello(resume=True))
+            # The old link is being dropped; its connectionLost is to come.
+            self.assertTrue(oldTransport.disconnecting)
+            self.assertEqual(factory.links, {old, new})
+            new.dataReceived(done([("", "a.img", b"abc")]))
+            session = new.state.session
+            assert session is not None
+            self.assertIs(session.state, SessionState.COMPLETE)
+            idle = factory.whenIdle()
+            first, second = [(old, ConnectionLost("aborted")), (new, ConnectionDone())][:: 1 if oldClosesFirst else -1]
+            first[0].connectionLost(Failure(first[1]))
+            self.assertNoResult(idle)
+            second[0].connectionLost(Failure(second[1]))
+            self.successResultOf(idle)
+            self.assertEqual(factory.links, set())
+            self.assertEqual(clock.getDelayedCalls(), [])
+
 
 @implementer(IResumeTable)
 class _RecordingTable:
@@ -277,8 +316,6 @@ class _RecordingLinks:
         self.closed.append(link)
 
 
-def _resumingHello(session: str = "mig") -> bytes:
-    return frame(ProxyMessage(hello=link_pb2.Hello(version=1, session=session, resume=True, resume_token=b"t" * 16)))
 
 
 class CollaboratorTests(SynchronousTestCase):
@@ -330,7 +367,7 @@ class CollaboratorTests(SynchronousTestCase):
         protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds, resumes=table)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        protocol.dataReceived(_resumingHello())
+        protocol.dataReceived(_tokenHello(resume=True))
         self.assertEqual(table.calls, [("resume", "mig")])
         self.assertIn("no session 'mig' to resume here", CacheMessage.FromString(transport.value()[4:]).refuse.reason)
 
@@ -341,7 +378,7 @@ class CollaboratorTests(SynchronousTestCase):
         protocol = CacheLinkProtocol(SessionSlot(), Clock().seconds)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        protocol.dataReceived(_resumingHello())
+        protocol.dataReceived(_tokenHello(resume=True))
         self.assertEqual(
             CacheMessage.FromString(transport.value()[4:]).refuse.reason, "this cache cannot resume sessions"
         )
