@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 import attrs
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from imgrelay.cache.link import DEFAULT_RESUME_TIMEOUT
+from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
 from imgrelay.core.names import defaultSessionName

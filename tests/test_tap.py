@@ -378,7 +378,7 @@ class ResumeAndMemoryOptionsTests(SynchronousTestCase):
         cache.parseOptions(["-D", self.dir, "--listen", "tcp:0", "--resume-timeout", "7", "--max-memory", "2G"])
         (service,) = list(makeCacheService(cache, MemoryReactorClock()))  # type: ignore[call-overload]
         self.assertEqual(service.bound.limit, 2 << 30)
-        self.assertEqual(service._linkFactory.resumeTimeout, 7.0)
+        self.assertEqual(service._linkFactory.resumes.timeout, 7.0)
 
     def test_badValues(self) -> None:
         """

@@ -18,11 +18,14 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from imgrelay.cache.interfaces import ILinkListener
 from imgrelay.core.errors import SessionError
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import RunningChecksum
@@ -187,6 +190,7 @@ class CriuLinkReceiver(Protocol):
         session.fail(why)
 
 
+@implementer(ILinkListener)
 class CriuLinkReceiverFactory(Factory):
     """Accept CRIU-format links into a L{SessionSlot}."""
 
@@ -196,15 +200,31 @@ class CriuLinkReceiverFactory(Factory):
         self.slot = slot
         self.verbose = verbose
         self.links: set[CriuLinkReceiver] = set()
+        self._idleWaiters: list[Deferred[None]] = []
 
     def abortAll(self) -> None:
         """Reset every link (the cache is stopping): sessions not complete fail."""
         for link in list(self.links):
             link.transport.abortConnection()  # type: ignore[union-attr]
 
+    def whenIdle(self) -> Deferred[None]:
+        """See L{ILinkListener.whenIdle}."""
+        if not self.links:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        return d
+
+    def _linkClosed(self, link: CriuLinkReceiver) -> None:
+        self.links.discard(link)
+        if not self.links:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
     def buildProtocol(self, addr: object) -> CriuLinkReceiver:
         """@return: A receiver for one link."""
-        p = CriuLinkReceiver(self.slot, self.verbose, self.links.discard)
+        p = CriuLinkReceiver(self.slot, self.verbose, self._linkClosed)
         p.factory = self
         self.links.add(p)
         return p

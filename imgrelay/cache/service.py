@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from imgrelay.cache.criulink import CriuLinkReceiverFactory
+from imgrelay.cache.interfaces import ILinkListener
 from imgrelay.cache.feeds import observeCache
 from imgrelay.cache.fetchserve import FetchServeFactory
 from imgrelay.cache.link import CacheLinkFactory
@@ -109,7 +110,7 @@ class CacheService(MultiService):
             )
         else:
             self.slot = claims = SessionSlot(self._consumed, reactor.seconds, config.retain, timer)
-        self._linkFactory: "CacheLinkFactory | CriuLinkReceiverFactory"
+        self._linkFactory: ILinkListener
         if config.link == "criu":
             self._linkFactory = CriuLinkReceiverFactory(claims, config.verbose)
         else:
@@ -188,8 +189,7 @@ class CacheService(MultiService):
         @return: A Deferred that fires once no link is open, so that the
             final answer of a completed session has reached its proxy.
         """
-        whenIdle = getattr(self._linkFactory, "whenIdle", None)
-        return whenIdle() if whenIdle is not None else succeed(None)
+        return self._linkFactory.whenIdle()
 
     def addSessionObserver(self, observer: Callable[[Session], None]) -> None:
         """

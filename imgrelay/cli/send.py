@@ -163,7 +163,7 @@ def _dial(
     @return: The started driver.
     """
     driver = LinkDriver(
-        endpoint, ProxyLinkFactory(session, reactor, acceptTimeout=DEFAULT_IDLE_TIMEOUT), reactor,
+        endpoint, ProxyLinkFactory(session, reactor, idleTimeout=DEFAULT_IDLE_TIMEOUT), reactor,
         repr(endpoint), reconnectTimeout,
     )
     driver.start()

@@ -34,13 +34,16 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
 
     log = Logger()
 
-    def __init__(self, stream: LinkStream, reactor: Any = None) -> None:
+    def __init__(self, stream: LinkStream, reactor: Any = None, idleTimeout: Optional[float] = None) -> None:
         """
         @param stream: The session's stream this connection carries.
-        @param reactor: Where a plain TCP link's socket is written; the
-            global reactor by default.
+        @param reactor: Where a plain TCP link's socket is written, and
+            timers run; the global reactor by default.
+        @param idleTimeout: Seconds the cache may take to answer the hello
+            before the connection is dropped; None for no limit.
         """
         self.stream = stream
+        self._idleTimeout = idleTimeout
         self.session = stream.session
         self._reactor = reactor
         self._framer = cacheMessageFramer()
@@ -62,10 +65,9 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
         self._sender = sender if sender is not None else TransportSender(transport, self)
         self._sender.send([frame(self.stream.hello())])
-        timeout = getattr(self.factory, "acceptTimeout", None)
-        if timeout is not None:
+        if self._idleTimeout is not None:
             self.callLater = reactor.callLater  # type: ignore[method-assign]
-            self.setTimeout(timeout)
+            self.setTimeout(self._idleTimeout)
 
     def timeoutConnection(self) -> None:
         """
@@ -201,17 +203,17 @@ class ProxyLinkFactory(ClientFactory):
 
     def __init__(
         self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW,
-        acceptTimeout: Optional[float] = None,
+        idleTimeout: Optional[float] = None,
     ) -> None:
         """
         @param session: The session every connection carries.
         @param reactor: Where plain TCP sockets are written, and timers run.
         @param window: The most bytes held unacknowledged.
-        @param acceptTimeout: Seconds the cache may take to answer a hello
+        @param idleTimeout: Seconds the cache may take to answer a hello
             before the connection is dropped (and dialled again); None for
             no limit.
         """
-        self.acceptTimeout = acceptTimeout
+        self.idleTimeout = idleTimeout
         self.session = session
         self.reactor = reactor
         self.stream = LinkStream(session, window)
@@ -220,6 +222,6 @@ class ProxyLinkFactory(ClientFactory):
         """
         @return: A protocol for one connection of the session's link.
         """
-        p = ProxyLinkProtocol(self.stream, self.reactor)
+        p = ProxyLinkProtocol(self.stream, self.reactor, self.idleTimeout)
         p.factory = self
         return p

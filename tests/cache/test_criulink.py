@@ -13,6 +13,7 @@ from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from imgrelay.wire.criulink import (
     MAX_SNAPSHOT_LIST,
@@ -336,3 +337,34 @@ class CriuLinkReceiverFactoryTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionLost("aborted")))
         self.assertEqual(factory.links, set())
         self.assertEqual(slot.current.state, SessionState.FAILED)
+
+
+class LinkListenerTests(SynchronousTestCase):
+    """
+    Both link factories provide what the cache asks of them.
+    """
+
+    def test_interface(self) -> None:
+        """
+        L{CriuLinkReceiverFactory} and L{CacheLinkFactory} provide
+        L{ILinkListener}.
+        """
+        from imgrelay.cache.interfaces import ILinkListener
+        from imgrelay.cache.link import CacheLinkFactory
+
+        verifyObject(ILinkListener, CriuLinkReceiverFactory(SessionSlot()))
+        verifyObject(ILinkListener, CacheLinkFactory(SessionSlot()))
+
+    def test_whenIdle(self) -> None:
+        """
+        C{whenIdle} fires at once with no link open, else once the last
+        link closed.
+        """
+        factory = CriuLinkReceiverFactory(SessionSlot())
+        self.successResultOf(factory.whenIdle())
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        idle = factory.whenIdle()
+        self.assertNoResult(idle)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(idle)

@@ -294,7 +294,7 @@ class LinkRegistrationTests(SynchronousTestCase):
 
         from imgrelay.cache.link import CacheLinkFactory
         from imgrelay.cache.registry import SessionRegistry
-        from tests.cache.test_link import hello
+        from tests.cache.helpers import hello
 
         reactor = MemoryReactorClock()
         bound = MemoryBound(100)

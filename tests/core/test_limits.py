@@ -25,7 +25,7 @@ from imgrelay.proxy.link import ProxyLinkFactory
 from imgrelay.proxy.session import ProxySession
 from imgrelay.tap import CacheOptions, ProxyOptions
 from imgrelay.testing import criu
-from tests.cache.test_link import chunk, hello, imageClose, imageOpen, wholeImage
+from tests.cache.helpers import chunk, hello, imageClose, imageOpen, wholeImage
 
 
 class SessionLimitTests(SynchronousTestCase):

@@ -11,7 +11,7 @@ from crc32c import crc32c
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
@@ -346,6 +346,36 @@ class ProxyLinkFactoryTests(SynchronousTestCase):
         self.assertIs(protocol.session, session)
         self.assertIs(protocol.stream, factory.stream)
         self.assertIs(protocol.factory, factory)
+
+    def test_idleTimeoutPassed(self) -> None:
+        """
+        The factory hands its idle timeout to each protocol it builds: a
+        connection whose hello the cache leaves unanswered that long is
+        dropped.
+        """
+        reactor = MemoryReactorClock()
+        factory = ProxyLinkFactory(ProxySession("mig", reactor.seconds), reactor, idleTimeout=30)
+        transport = StringTransport()
+        factory.buildProtocol(None).makeConnection(transport)
+        reactor.advance(29)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idleTimeoutWithoutFactory(self) -> None:
+        """
+        A protocol given an idle timeout keeps it without any factory; one
+        given none never times out.
+        """
+        reactor = MemoryReactorClock()
+        stream = ProxyLinkFactory(ProxySession("mig", reactor.seconds)).stream
+        timed, untimed = StringTransport(), StringTransport()
+        ProxyLinkProtocol(stream, reactor, idleTimeout=5).makeConnection(timed)
+        ProxyLinkProtocol(stream, reactor).makeConnection(untimed)
+        reactor.advance(5)
+        self.assertTrue(timed.disconnecting)
+        self.assertFalse(untimed.disconnecting)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 class CorruptingTransport(FakeTransport):

@@ -26,7 +26,7 @@ from imgrelay.transport.pipes import PipeReader
 from imgrelay.observe.stats import DaemonStats, SessionStats
 from imgrelay.testing import criu, traces
 from tests.observe.test_web import samples
-from tests.cache.test_link import chunk, done, hello, imageClose, imageOpen, wholeImage
+from tests.cache.helpers import chunk, done, hello, imageClose, imageOpen, wholeImage
 from tests.observe.test_statusfd import fillPipe
 
 

@@ -519,7 +519,7 @@ class ResumeTests(SynchronousTestCase):
         def connection(wire: Wire, n: int) -> None:
             if n == 1:
                 self.feedAndDeliver(migration, wire, MiB)
-                migration.cacheFactory.streams.clear()
+                migration.cacheFactory.resumes.streams.clear()
                 wire.cut()
 
         self.run_(migration, connection)
@@ -546,7 +546,7 @@ class ResumeTests(SynchronousTestCase):
         answer = CacheMessage.FromString(side.out[0][4:])
         self.assertIn("wrong resume token", answer.refuse.reason)
         self.assertIs(migration.cached.state, SessionState.RECEIVING)
-        self.assertIn("mig", migration.cacheFactory.streams)
+        self.assertIn("mig", migration.cacheFactory.resumes.streams)
 
     def test_newLinkReplacesOld(self) -> None:
         """
@@ -619,7 +619,7 @@ class GivingUpTests(SynchronousTestCase):
         self.assertIn("cut by the test", restore.failure or "")
         self.assertIsNone(self.successResultOf(restore.waitImage("", "core-1.img")))
         self.assertIn("did not resume the session within 120 s", logs.text())
-        self.assertNotIn("mig", migration.cacheFactory.streams)
+        self.assertNotIn("mig", migration.cacheFactory.resumes.streams)
         # The proxy side, left alone, gave up too.
         self.failureResultOf(migration.session.result, SessionError)
 
@@ -684,7 +684,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         factory = CacheLinkFactory(
-            SessionSlot(), reactor.seconds, reactor, resumeTimeout=RESUME_TIMEOUT, helloTimeout=30
+            SessionSlot(), reactor.seconds, reactor, resumeTimeout=RESUME_TIMEOUT, idleTimeout=30
         )
         silent = factory.buildProtocol(None)
         silentTransport = StringTransport()
@@ -712,7 +712,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         session = ProxySession("mig", reactor.seconds)
-        factory = ProxyLinkFactory(session, reactor, acceptTimeout=30)
+        factory = ProxyLinkFactory(session, reactor, idleTimeout=30)
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -767,6 +767,6 @@ class ShutdownTests(SynchronousTestCase):
         migration.cacheFactory.abortAll()
         self.assertIs(migration.cached.state, SessionState.FAILED)
         self.assertEqual(migration.cached.failure, "the cache is shutting down")
-        self.assertEqual(migration.cacheFactory.streams, {})
+        self.assertEqual(migration.cacheFactory.resumes.streams, {})
         migration.session.abort("test over")
         self.failureResultOf(migration.session.result, SessionError)

@@ -25,7 +25,7 @@ from imgrelay.wire.link import cacheMessageFramer
 from imgrelay.wire.pb import link_pb2
 from imgrelay.core.store import Session, SessionState
 from imgrelay.testing import criu, traces
-from tests.cache.test_link import chunk, done, hello, imageClose, imageOpen
+from tests.cache.helpers import chunk, done, hello, imageClose, imageOpen
 
 
 class _LinkClient(Protocol):
