@@ -33,6 +33,7 @@ from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.core.store import Image, Session
 from imgrelay.core.slot import SessionSlot
 from imgrelay.observe.logs import logsImage
+from imgrelay.transport.peer import peerOf
 from imgrelay.wire.criu import PREFIX
 from imgrelay.wire.criulink import MAX_SNAPSHOT_LIST, O_APPEND, PARENT, decodeRemoteHeader, parseSnapshotList
 from imgrelay.wire.framing import Framer, FramingError, HeaderReceived, PayloadChunk, PayloadDone
@@ -79,13 +80,12 @@ class CriuLinkReceiver(Protocol):
     def connectionMade(self) -> None:
         """Claim a session named after the peer."""
         assert self.transport is not None
-        peer = self.transport.getPeer()
-        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-        name = "criu-link:" + (f"{host}:{port}" if host is not None else str(peer))
+        peer = peerOf(self.transport)
+        name = "criu-link:" + peer
         try:
             self.session = self._slot.claim(name)
         except SessionError as e:
-            self.log.error("CRIU-format link from {peer} refused: {reason}", peer=str(peer), reason=str(e))
+            self.log.error("CRIU-format link from {peer} refused: {reason}", peer=peer, reason=str(e))
             self._closing = True
             self.transport.loseConnection()
             return

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imgrelay.core.observers import Observers
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.core.names import BadName, checkSessionDirName
@@ -82,13 +83,13 @@ class SessionRegistry:
         self._timer = timer
         self.maxSessions = maxSessions
         self.slots: dict[str, SessionSlot] = {}
-        self._claimObservers: list[Callable[[Session], None]] = []
+        self._claimObservers: Observers[Session] = Observers()
 
     def addClaimObserver(self, observer: Callable[[Session], None]) -> None:
         """
         Call C{observer} with each session a proxy claims, once claimed.
         """
-        self._claimObservers.append(observer)
+        self._claimObservers.add(observer)
 
     @property
     def sessions(self) -> list[Session]:
@@ -134,8 +135,7 @@ class SessionRegistry:
         else:
             self.log.info("session {session}: failed earlier; starting again", session=name)
         session = slot.claim(name)
-        for observer in list(self._claimObservers):
-            observer(session)
+        self._claimObservers.tell(session)
         return session
 
     def _open(self, name: str) -> SessionSlot:

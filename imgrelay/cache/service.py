@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
+from imgrelay.core.observers import Observers
 from imgrelay.cache.criulink import CriuLinkReceiverFactory
 from imgrelay.cache.interfaces import ILinkListener
 from imgrelay.cache.feeds import observeCache
@@ -92,7 +93,7 @@ class CacheService(MultiService):
         MultiService.__init__(self)
         self.config = config
         self.bound = MemoryBound(config.maxMemory)
-        self._observers: list[Callable[[Session], None]] = []
+        self._observers: Observers[Session] = Observers()
         sockets = localSockets(config.protocol, reactor, config.idleTimeout, config.limits)
         self.slot: Optional[SessionSlot] = None
         self.registry: Optional[SessionRegistry] = None
@@ -196,13 +197,12 @@ class CacheService(MultiService):
         Call C{observer} with each session once it is over: complete and
         restored, or failed and no restore is reading it.
         """
-        self._observers.append(observer)
+        self._observers.add(observer)
 
     def _consumed(self, session: Session) -> None:
         self.bound.free(session)
         self.log.info(
             "session {session} released ({state})", session=session.name, state=session.state.value
         )
-        for observer in self._observers:
-            observer(session)
+        self._observers.tell(session)
 

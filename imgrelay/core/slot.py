@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imgrelay.core.observers import Observers
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import ISessionClaims
 
@@ -69,7 +70,7 @@ class SessionSlot:
         self._timer = timer
         self._renew = renew
         self._releases: dict[Session, IDelayedCall] = {}
-        self._claimObservers: list[Callable[[Session], None]] = []
+        self._claimObservers: Observers[Session] = Observers()
         self.current = self._fresh()
 
     def _fresh(self) -> Session:
@@ -152,15 +153,14 @@ class SessionSlot:
                 self._consume(old)
         else:
             current.claim(name)
-        for observer in self._claimObservers:
-            observer(current)
+        self._claimObservers.tell(current)
         return current
 
     def addClaimObserver(self, observer: Callable[[Session], None]) -> None:
         """
         Call C{observer} with each session once a proxy claimed it.
         """
-        self._claimObservers.append(observer)
+        self._claimObservers.add(observer)
 
     def attachRestore(self) -> Session:
         """

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imgrelay.core.observers import Observers
 from imgrelay.core.imagedata import ImageData
 from imgrelay.core.integrity import ManifestEntry
 from imgrelay.core.interfaces import IImageSource
@@ -91,7 +92,7 @@ class Session:
         self.failure: Optional[str] = None
         self.failureKind: Optional[str] = None
         self.received = 0
-        self._imageObservers: list[Callable[[Image], None]] = []
+        self._imageObservers: Observers[Image] = Observers()
         self.images: dict[Key, Image] = {}
         self.snapshots: list[str] = []
         self._arriving: dict[Key, int] = {}
@@ -107,7 +108,7 @@ class Session:
         #: Answer no read before the session is final (a link that cannot
         #: tell when a later version of an image is coming).
         self.readsWaitForEnd = False
-        self._finalObservers: list[Callable[[Session], None]] = []
+        self._finalObservers: Observers[Session] = Observers()
 
     @property
     def final(self) -> bool:
@@ -140,7 +141,7 @@ class Session:
         """
         Call C{observer} with each image once it is verified.
         """
-        self._imageObservers.append(observer)
+        self._imageObservers.add(observer)
 
     def claim(self, name: str) -> None:
         """
@@ -191,8 +192,7 @@ class Session:
         key = (image.snapshotId, image.name)
         self.images[key] = image
         self.notArriving(*key)
-        for observer in self._imageObservers:
-            observer(image)
+        self._imageObservers.tell(image)
         if key in self._arriving or self.readsWaitForEnd:
             # A later version is (or may be) on its way: requests wait.
             return
@@ -239,7 +239,7 @@ class Session:
         """
         Call C{observer} with this session once it is complete or failed.
         """
-        self._finalObservers.append(observer)
+        self._finalObservers.add(observer)
 
     def _end(self, state: SessionState) -> None:
         self.state = state
@@ -251,9 +251,7 @@ class Session:
         snapshotWaiters, self._snapshotWaiters = self._snapshotWaiters, []
         for s in snapshotWaiters:
             s.callback(list(self.snapshots) if state is SessionState.COMPLETE else None)
-        observers, self._finalObservers = self._finalObservers, []
-        for observer in observers:
-            observer(self)
+        self._finalObservers.tellLast(self)
 
     def complete(self) -> None:
         """

@@ -55,6 +55,9 @@ class CriuLinkSender(Protocol):
 
     log = Logger()
 
+    #: Each image is held whole until it closes: pipes read into new bytes.
+    ring = None
+
     def __init__(self, session: ProxySession) -> None:
         """@param session: The session this link carries."""
         self.session = session

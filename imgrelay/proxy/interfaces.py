@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 import attrs
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 
@@ -17,6 +17,12 @@ class ILinkSender(Interface):
     """
     What a proxy session sends on its link.
     """
+
+    ring = Attribute(
+        "The read buffers (an IReadBuffers) the link sends straight from, for"
+        " the session's pipes to read into; None where the link copies what it"
+        " is given."
+    )
 
     def sendOpen(image: int, snapshotId: str, name: str, mode: int) -> None:
         """Announce a new image (C{mode}: CREATE, REPLACE or APPEND)."""

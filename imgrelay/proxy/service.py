@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imgrelay.core.observers import Observers
 from imgrelay.core.errors import SessionError
 from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.streamcapture import StreamCaptureFactory
@@ -75,8 +76,8 @@ class ProxyService(MultiService):
             assert config.tlsHostname is not None
             self._connect = clientEndpoint(self._connect, config.tlsHostname, config.tls)
             self.connectDescription += f" (TLS, expecting {config.tlsHostname})"
-        self._observers: list[SessionObserver] = []
-        self._startObservers: list[Callable[[ProxySession], None]] = []
+        self._observers: Observers[Union[SessionOutcome, Failure]] = Observers()
+        self._startObservers: Observers[ProxySession] = Observers()
         self.sessions: set[ProxySession] = set()
         factory: Factory
         limits = config.limits
@@ -103,13 +104,13 @@ class ProxyService(MultiService):
         Call C{observer} with each session's L{SessionOutcome}, or with the
         L{Failure} that ended it.
         """
-        self._observers.append(observer)
+        self._observers.add(observer)
 
     def addSessionStartObserver(self, observer: Callable[[ProxySession], None]) -> None:
         """
         Call C{observer} with each session as a dump starts it.
         """
-        self._startObservers.append(observer)
+        self._startObservers.add(observer)
 
     #: How many sessions this proxy starts in its life (None: no limit); a
     #: C{--oneshot} proxy starts one, and a second dump is refused instead
@@ -132,8 +133,7 @@ class ProxyService(MultiService):
             maxNameLength=config.limits.maxNameLength,
         )
         self.sessions.add(session)
-        for observer in self._startObservers:
-            observer(session)
+        self._startObservers.tell(session)
         self.log.info(
             "dump connected; session {session}: connecting to the cache at {cache}",
             session=self.sessionName, cache=self.connectDescription,
@@ -153,6 +153,5 @@ class ProxyService(MultiService):
 
     def _ended(self, result: Union[SessionOutcome, Failure], session: ProxySession) -> None:
         self.sessions.discard(session)
-        for observer in self._observers:
-            observer(result)
+        self._observers.tell(result)
 

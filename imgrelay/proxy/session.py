@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imgrelay.core.observers import Observers
 from imgrelay.proxy.interfaces import ILinkSender, SessionOutcome
 from imgrelay.core.errors import SessionError
 from imgrelay.core.integrity import ManifestEntry, RunningChecksum, manifestDigest
@@ -56,7 +57,8 @@ class OutgoingImage:
         Buffers to read this image's pipe into, when the link sends
         straight from them; None to read into new bytes.
         """
-        return getattr(self.session._link, "ring", None)
+        link = self.session._link
+        return link.ring if link is not None else None
 
     def attachProducer(self, producer: object) -> None:
         """
@@ -128,8 +130,8 @@ class ProxySession:
         self._doneSent = False
         self._over = False
         self._started = clock()
-        self._overObservers: list[Callable[[Union[SessionOutcome, Failure]], None]] = []
-        self._ackObservers: list[Callable[[OutgoingImage], None]] = []
+        self._overObservers: Observers[Union[SessionOutcome, Failure]] = Observers()
+        self._ackObservers: Observers[OutgoingImage] = Observers()
         #: Bytes of image content read from CRIU so far.
         self.bytesRead = 0
 
@@ -267,8 +269,7 @@ class ProxySession:
         if image is None:
             self._fail(f"cache acknowledged image {imageId}, which is not awaiting it")
             return
-        for observer in list(self._ackObservers):
-            observer(image)
+        self._ackObservers.tell(image)
         seconds = (image.closed or image.opened) - image.opened
         if logsImage(image.checksum.size, self.verbose):
             self.log.info(
@@ -296,7 +297,7 @@ class ProxySession:
             session=self.name, images=outcome.images, bytes=total, seconds=seconds,
             rate=rate(total, seconds),
         )
-        self._tellObservers(outcome)
+        self._overObservers.tellLast(outcome)
         self.result.callback(outcome)
 
     def failed(self, reason: str) -> None:
@@ -317,7 +318,7 @@ class ProxySession:
         """
         Call C{observer} with each image once the cache verified it.
         """
-        self._ackObservers.append(observer)
+        self._ackObservers.add(observer)
 
     def addOverObserver(self, observer: Callable[[Union[SessionOutcome, Failure]], None]) -> None:
         """
@@ -325,12 +326,7 @@ class ProxySession:
         L{SessionError}, when the session is over; unlike L{result}, any
         number of observers may watch.
         """
-        self._overObservers.append(observer)
-
-    def _tellObservers(self, result: Union[SessionOutcome, Failure]) -> None:
-        observers, self._overObservers = self._overObservers, []
-        for observer in observers:
-            observer(result)
+        self._overObservers.add(observer)
 
     def _fail(self, reason: str) -> None:
         if self._over:
@@ -340,7 +336,7 @@ class ProxySession:
         error = SessionError(reason)
         if not self.ready.called:
             self.ready.errback(error)
-        self._tellObservers(Failure(error))
+        self._overObservers.tellLast(Failure(error))
         self.result.errback(error)
 
     @property

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from imgrelay.core.observers import Observers
 from imgrelay.wire.link import CREATE, MAX_CHUNK, VERSION, ProxyMessage, chunkHeader, frame
 from imgrelay.proxy.outbound import BadOffset, Buffer, OutboundLog
 from imgrelay.wire.pb import link_pb2
@@ -84,7 +85,7 @@ class LinkStream:
         self._connection: Optional[IConnection] = None
         self._closes: dict[int, int] = {}
         self._ended = False
-        self._linkObservers: list[Callable[[bool], None]] = []
+        self._linkObservers: Observers[bool] = Observers()
 
     @property
     def connected(self) -> bool:
@@ -98,11 +99,10 @@ class LinkStream:
         Call C{observer} with True each time a connection is accepted, and
         with False each time the accepted connection is lost.
         """
-        self._linkObservers.append(observer)
+        self._linkObservers.add(observer)
 
     def _tell(self, up: bool) -> None:
-        for observer in list(self._linkObservers):
-            observer(up)
+        self._linkObservers.tell(up)
 
     def hello(self) -> ProxyMessage:
         """

@@ -23,6 +23,9 @@ class _Link:
     A link that sends nothing and records the image ids closed.
     """
 
+    #: Pipes read into new bytes.
+    ring = None
+
     def __init__(self) -> None:
         self.closed: list[int] = []
 

@@ -37,6 +37,9 @@ class FakeLink:
     @ivar calls: What was sent, in order.
     """
 
+    #: Pipes read into new bytes.
+    ring = None
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
