@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Optional, TypeVar
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IPushProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -71,3 +71,18 @@ class AdmittingFactory(Factory, Generic[_P]):
         @return: The protocol.
         """
         raise NotImplementedError(f"{type(self).__name__} builds no protocol")
+
+
+class AdmittedProtocol(Protocol):
+    """
+    The base of the protocols an L{AdmittingFactory} builds: the transport
+    they are connected to, and the same as a producer, for the protocols'
+    own use.
+    """
+
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def _producer(self) -> IPushProducer:
+        return IPushProducer(self._transport())

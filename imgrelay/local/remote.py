@@ -18,8 +18,7 @@ import os
 from collections import deque
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -32,7 +31,7 @@ from imgrelay.wire.framing import Framer, FramingError, HeaderReceived, PayloadC
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.local.interfaces import IRemoteBackend
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
-from imgrelay.local.admit import AdmittingFactory
+from imgrelay.local.admit import AdmittedProtocol, AdmittingFactory
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, SnapshotIdRecord
 from imgrelay.transport.pipes import PipeReader, PipeWriter
@@ -43,7 +42,7 @@ _TO_EOF = 1 << 62
 
 
 @implementer(IFileDescriptorReceiver)
-class RemoteProtocol(Protocol, TimeoutMixin):
+class RemoteProtocol(AdmittedProtocol, TimeoutMixin):
     """
     One local connection of CRIU's remote protocol.
 
@@ -88,13 +87,6 @@ class RemoteProtocol(Protocol, TimeoutMixin):
         self._parsing = False
         self._done = False
         self.callLater = reactor.callLater  # type: ignore[method-assign]
-
-    def _transport(self) -> ITransport:
-        assert self.transport is not None, "not connected"
-        return self.transport
-
-    def _producer(self) -> IPushProducer:
-        return IPushProducer(self._transport())
 
     def connectionMade(self) -> None:
         """

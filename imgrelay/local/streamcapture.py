@@ -12,8 +12,7 @@ import os
 from collections import deque
 from typing import Callable, Optional
 
-from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver, IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,13 +22,13 @@ from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.interfaces import IImageSink, IOutgoingImage
 from imgrelay.core.limits import Limits
-from imgrelay.local.admit import AdmittingFactory
+from imgrelay.local.admit import AdmittedProtocol, AdmittingFactory
 from imgrelay.core.names import BadName
 from imgrelay.transport.pipes import PipeReader
 
 
 @implementer(IFileDescriptorReceiver)
-class StreamCaptureProtocol(Protocol):
+class StreamCaptureProtocol(AdmittedProtocol):
     """
     One C{criu dump --stream} connection: one session.
     """
@@ -74,13 +73,6 @@ class StreamCaptureProtocol(Protocol):
             return
         sink.ready.addCallbacks(lambda _: self._producer().resumeProducing(), lambda _: None)
         sink.result.addErrback(self._sessionFailed)
-
-    def _transport(self) -> ITransport:
-        assert self.transport is not None, "not connected"
-        return self.transport
-
-    def _producer(self) -> IPushProducer:
-        return IPushProducer(self._transport())
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """

@@ -12,8 +12,7 @@ import os
 from collections import deque
 from typing import Callable, Optional
 
-from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer, IReactorFDSet, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver, IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -21,7 +20,7 @@ from zope.interface import implementer
 from imgrelay.wire.criu import FD_BYTE, streamReply, streamServeFramer
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.limits import Limits
-from imgrelay.local.admit import AdmittingFactory
+from imgrelay.local.admit import AdmittedProtocol, AdmittingFactory
 from imgrelay.core.names import BadName, checkImageName
 from imgrelay.transport.pipes import PipeWriter
 from imgrelay.core.store import Image, Session
@@ -29,7 +28,7 @@ from imgrelay.core.slot import SessionSlot
 
 
 @implementer(IFileDescriptorReceiver)
-class StreamServeProtocol(Protocol):
+class StreamServeProtocol(AdmittedProtocol):
     """
     One C{criu restore --stream} connection.
     """
@@ -68,13 +67,6 @@ class StreamServeProtocol(Protocol):
             "restore connected (session {session}, {state})",
             session=self.session.name, state=self.session.state.value,
         )
-
-    def _transport(self) -> ITransport:
-        assert self.transport is not None, "not connected"
-        return self.transport
-
-    def _producer(self) -> IPushProducer:
-        return IPushProducer(self._transport())
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
