@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
-from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits, flag, positive
 from imgrelay.core.names import defaultSessionName
 
 from imgrelay.observe.service import Observability
@@ -55,19 +55,14 @@ LINKS = ("imgrelay", "criu")
 def _oneOf(choices: tuple[str, ...], what: str) -> Any:
     def check(instance: object, attribute: "attrs.Attribute[str]", value: str) -> None:
         if value not in choices:
-            raise ValueError(f"unknown {what} {value!r}: one of {', '.join(choices)}")
+            raise ValueError(f"{flag(attribute.name)}: unknown {what} {value!r}: one of {', '.join(choices)}")
 
     return check
 
 
-def _positive(instance: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
 def _window(instance: object, attribute: "attrs.Attribute[int]", value: int) -> None:
     if value < MIN_WINDOW:
-        raise ValueError(f"window of {value} bytes is under {MIN_WINDOW}")
+        raise ValueError(f"--window: {value} bytes is under the smallest window, {MIN_WINDOW} bytes")
 
 
 def _checkDirectory(path: str, option: str) -> None:
@@ -132,13 +127,13 @@ class ProxyConfig:
     sessionName: Optional[str] = attrs.field(default=attrs.Factory(_defaultSessionName, takes_self=True))
     protocol: str = attrs.field(default="stream", validator=_oneOf(PROTOCOLS, "protocol"))
     link: str = attrs.field(default="imgrelay", validator=_oneOf(LINKS, "link format"))
-    idleTimeout: Optional[float] = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_positive)
+    idleTimeout: Optional[float] = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=positive)
     tls: Optional[TLSFiles] = None
     tlsHostname: Optional[str] = attrs.field(default=attrs.Factory(_defaultTLSHostname, takes_self=True))
     socketMode: int = DEFAULT_MODE
     limits: Limits = Limits()
     window: int = attrs.field(default=DEFAULT_WINDOW, validator=_window)
-    reconnectTimeout: float = attrs.field(default=DEFAULT_GIVE_UP, validator=_positive)
+    reconnectTimeout: float = attrs.field(default=DEFAULT_GIVE_UP, validator=positive)
     observability: Observability = Observability()
     verbose: bool = False
     oneshot: bool = False
@@ -223,14 +218,14 @@ class CacheConfig:
     sessionsRoot: Optional[str] = None
     protocol: str = attrs.field(default="stream", validator=_oneOf(PROTOCOLS, "protocol"))
     link: str = attrs.field(default="imgrelay", validator=_oneOf(LINKS, "link format"))
-    idleTimeout: Optional[float] = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_positive)
+    idleTimeout: Optional[float] = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=positive)
     tls: Optional[TLSFiles] = None
     socketMode: int = DEFAULT_MODE
     limits: Limits = Limits()
-    resumeTimeout: float = attrs.field(default=DEFAULT_RESUME_TIMEOUT, validator=_positive)
+    resumeTimeout: float = attrs.field(default=DEFAULT_RESUME_TIMEOUT, validator=positive)
     retain: float = 0.0
-    maxSessions: int = attrs.field(default=DEFAULT_MAX_SESSIONS, validator=_positive)
-    maxMemory: Optional[int] = attrs.field(default=None, validator=_positive)
+    maxSessions: int = attrs.field(default=DEFAULT_MAX_SESSIONS, validator=positive)
+    maxMemory: Optional[int] = attrs.field(default=None, validator=positive)
     observability: Observability = Observability()
     verbose: bool = False
     oneshot: bool = False

@@ -31,37 +31,9 @@ from imgrelay.transport.tls import TLSFiles, load
 log = Logger(namespace="imgrelay")
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"{value!r} is not a positive whole number")
-    return number
-
-
-def _seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0:
-        raise ValueError(f"{value!r} is not a positive number of seconds")
-    return seconds
-
-
-def _retainSeconds(value: str) -> float:
-    seconds = float(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"{value!r} is not a number of seconds, 0 or more")
-    return seconds
-
-
 def _default(config: type, field: str) -> Any:
     # Every default is the config's: the command line only shows it.
     return attrs.fields_dict(config)[field].default
-
-
-def _interval(value: str) -> float:
-    seconds = float(value)
-    if not seconds >= 0:
-        raise ValueError(f"{value!r} is not a number of seconds (0 or more)")
-    return seconds
 
 
 def _openFd(value: str) -> int:
@@ -90,17 +62,17 @@ class _Options(usage.Options):
          "CRIU's local protocol: stream (criu --stream) or remote (criu --remote)."],
         ["link", None, _default(CacheConfig, "link"), "Link format: imgrelay (verified), or criu (CRIU's "
          "image-proxy/image-cache format: no acknowledgements, no final handshake, no checksums)."],
-        ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", _positive],
+        ["max-local-connections", None, Limits().maxLocalConnections, "Local (CRIU) connections open at once.", int],
         ["max-header-size", None, Limits().maxHeaderSize, "Longest message header taken from a peer (the link or "
-         "CRIU), in bytes.", _positive],
-        ["max-name-length", None, Limits().maxNameLength, "Longest image name taken, in UTF-8 bytes.", _positive],
+         "CRIU), in bytes.", int],
+        ["max-name-length", None, Limits().maxNameLength, "Longest image name taken, in UTF-8 bytes.", int],
         ["socket-mode", None, _default(CacheConfig, "socketMode"), "Octal permission bits of the local sockets (in "
          "--images-dir, or in each session's directory under --sessions-root).", parseMode],
         ["idle-timeout", None, _default(CacheConfig, "idleTimeout"), "Seconds a new connection may take to open its "
          "exchange: a link's hello (and, on the proxy, the cache's answer), or with --protocol remote a local "
-         "connection's header and pipe.", _seconds],
+         "connection's header and pipe.", float],
         ["progress-interval", None, Observability().progressInterval,
-         "Seconds between progress lines, one per session in progress (0: none).", _interval],
+         "Seconds between progress lines, one per session in progress (0: none).", float],
         ["stats-file", None, None, "Append one JSON line per session ended to this file."],
         ["status-fd", None, None, "Write JSON lifecycle events (listening, first-image, complete, failed) to this "
          "open file descriptor, one per line.", _openFd],
@@ -203,7 +175,7 @@ class ProxyOptions(_Options):
          "them, to send again after a broken link; CRIU's pipes wait while it is full (at least 4194304).", int],
         ["reconnect-timeout", None, _default(ProxyConfig, "reconnectTimeout"), "After a broken link, reconnect with "
          "back-off and resume the session; fail it after this many seconds without a link the cache accepted.",
-         _seconds],
+         float],
     ]
 
     def config(self) -> ProxyConfig:
@@ -247,16 +219,16 @@ class CacheOptions(_Options):
          "proxy's --session gave it (criu restore -D ROOT/NAME).", _imagesDir],
         ["listen", "l", None, "Server endpoint for links from proxies, e.g. tcp:7070."],
         ["local", None, None, "Server endpoint for CRIU's socket instead of DIR/streamer-serve.sock."],
-        ["max-images", None, Limits().maxImages, "Images one session may hold.", _positive],
-        ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", _positive],
+        ["max-images", None, Limits().maxImages, "Images one session may hold.", int],
+        ["max-session-bytes", None, Limits().maxSessionBytes, "Bytes one session may hold.", int],
         ["max-memory", None, None, "The most bytes of images held at once (suffixes K, M, G, T: powers of 1024); "
          "at the bound no link is read until memory is freed. Default: no bound.", parseSize],
         ["resume-timeout", None, _default(CacheConfig, "resumeTimeout"), "Seconds a session whose link broke waits "
-         "for its proxy to resume it; then it fails and restores are told its images do not exist.", _seconds],
+         "for its proxy to resume it; then it fails and restores are told its images do not exist.", float],
         ["max-sessions", None, _default(CacheConfig, "maxSessions"), "With --sessions-root: sessions received at "
-         "once.", _positive],
+         "once.", int],
         ["retain", None, _default(CacheConfig, "retain"), "Seconds a session is kept after its last restore ended, "
-         "to be restored again meanwhile.", _retainSeconds],
+         "to be restored again meanwhile.", float],
     ]
 
     def config(self) -> CacheConfig:

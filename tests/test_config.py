@@ -58,8 +58,8 @@ class ProxyConfigTests(SynchronousTestCase):
             (dict(protocol="ftp"), "unknown protocol"),
             (dict(link="x"), "unknown link format"),
             (dict(window=MIN_WINDOW - 1), "under"),
-            (dict(reconnectTimeout=0), "reconnectTimeout"),
-            (dict(idleTimeout=-1), "idleTimeout"),
+            (dict(reconnectTimeout=0), "--reconnect-timeout"),
+            (dict(idleTimeout=-1), "--idle-timeout"),
             (dict(imagesDir=None), "--images-dir"),
             (dict(connect="unix:/x", tls=TLSFiles("c", "k", "a")), "--tls-hostname"),
         ):
@@ -115,8 +115,8 @@ class CacheConfigTests(SynchronousTestCase):
             (dict(sessionsRoot=self.dir, link="criu"), "--link criu"),
             (dict(), "--sessions-root"),
             (dict(imagesDir=self.dir, retain=-1), "--retain"),
-            (dict(imagesDir=self.dir, maxSessions=0), "maxSessions"),
-            (dict(imagesDir=self.dir, maxMemory=0), "maxMemory"),
+            (dict(imagesDir=self.dir, maxSessions=0), "--max-sessions"),
+            (dict(imagesDir=self.dir, maxMemory=0), "--max-memory"),
         ):
             error = self.assertRaises(ValueError, CacheConfig, listen="tcp:0", **bad)  # type: ignore[arg-type]
             self.assertIn(text, str(error))

@@ -326,9 +326,12 @@ class ObservabilityOptionsTests(SynchronousTestCase):
         A negative interval, a descriptor that is not open, a stats file in
         a missing directory and a malformed HTTP endpoint are refused.
         """
-        r, w = os.pipe()
-        os.close(r)
-        os.close(w)
+        # The highest descriptor the process may have: no file reuses it,
+        # whatever the options open meanwhile (the reactor's own).
+        import resource
+
+        w = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+        self.assertRaises(OSError, os.fstat, w)
         base = ["-D", self.dir, "--listen", "tcp:0"]
         for bad, text in (
             (["--progress-interval", "-1"], "is not a number of seconds"),

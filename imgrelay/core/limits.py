@@ -7,6 +7,9 @@ only the offending connection or session, with a log line naming it.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import attrs
 
 from imgrelay.core.names import MAX_NAME
@@ -14,6 +17,24 @@ from imgrelay.core.names import MAX_NAME
 
 #: The longest message header taken from a peer by default, in bytes.
 DEFAULT_MAX_HEADER = 64 * 1024
+
+
+def flag(field: str) -> str:
+    """
+    @param field: An option's name in a config, such as C{maxSessions}.
+    @return: The same option on a daemon's command line: C{--max-sessions}.
+    """
+    return "--" + re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), field)
+
+
+def positive(instance: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """
+    An attrs validator: C{value} is None or above 0.
+
+    @raise ValueError: Naming the option by its command-line flag.
+    """
+    if value is not None and not value > 0:
+        raise ValueError(f"{flag(attribute.name)}: {value!r} is not positive")
 
 
 @attrs.frozen
@@ -28,11 +49,11 @@ class Limits:
     @ivar maxNameLength: The longest image name accepted, in UTF-8 bytes.
     """
 
-    maxImages: int = 100_000
-    maxSessionBytes: int = 1 << 40
-    maxLocalConnections: int = 256
-    maxHeaderSize: int = DEFAULT_MAX_HEADER
-    maxNameLength: int = MAX_NAME
+    maxImages: int = attrs.field(default=100_000, validator=positive)
+    maxSessionBytes: int = attrs.field(default=1 << 40, validator=positive)
+    maxLocalConnections: int = attrs.field(default=256, validator=positive)
+    maxHeaderSize: int = attrs.field(default=DEFAULT_MAX_HEADER, validator=positive)
+    maxNameLength: int = attrs.field(default=MAX_NAME, validator=positive)
 
 
 #: How long a new connection may take to open its exchange, in seconds: a

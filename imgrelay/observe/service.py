@@ -27,6 +27,11 @@ from imgrelay.observe.stats import DaemonStats, SessionStats
 from imgrelay.observe.statusfd import LineWriter
 
 
+def _seconds(instance: object, attribute: "attrs.Attribute[float]", value: float) -> None:
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"--progress-interval: {value!r} is not a number of seconds (0 or more)")
+
+
 @attrs.frozen
 class Observability:
     """
@@ -39,7 +44,7 @@ class Observability:
     @ivar http: A server endpoint string for C{/status} and C{/metrics}.
     """
 
-    progressInterval: float = 5.0
+    progressInterval: float = attrs.field(default=5.0, validator=_seconds)
     statsFile: Optional[str] = None
     statusFd: Optional[int] = None
     http: Optional[str] = None
