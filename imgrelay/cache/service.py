@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 
 from imgrelay.core.observers import Observers
@@ -27,6 +27,7 @@ from imgrelay.cache.sessiondirs import SessionDirectories, SocketTable
 from imgrelay.core.limits import Limits
 from imgrelay.core.store import Session
 from imgrelay.core.slot import SessionSlot
+from imgrelay.observe.service import listeningAddress
 from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.streamserve import StreamServeFactory
 from imgrelay.transport.localsock import FETCH_SOCKET, REMOTE_CACHE_SOCKET, SERVE_SOCKET, localEndpoint
@@ -161,17 +162,7 @@ class CacheService(MultiService):
 
         @return: A Deferred firing with the listening port's address.
         """
-        waiting = self._link._waitingForPort  # set by startService
-        if waiting is None:
-            raise RuntimeError("the cache service is not started")
-        d: Deferred[IAddress] = Deferred()
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            d.callback(port.getHost())
-            return port
-
-        waiting.addCallback(listening)
-        return d
+        return listeningAddress(self._link)
 
     def stopService(self) -> Any:
         """

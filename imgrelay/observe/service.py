@@ -19,7 +19,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -62,22 +62,37 @@ def describeAddress(address: object) -> dict[str, Any]:
     return {"address": str(address)}
 
 
-def whenListening(service: StreamServerEndpointService) -> Deferred[dict[str, Any]]:
+def listeningAddress(service: StreamServerEndpointService) -> Deferred[IAddress]:
     """
-    @return: A Deferred firing with the address C{service} listens on, once
-        it does (call after it started).
+    The address a listening service listens on, once it does: with port 0,
+    the port the system gave.
+
+    Twisted's service keeps its listening port to itself
+    (C{_waitingForPort}); this is the one place imgrelay reads it.
+
+    @param service: A service from C{strports.service}, started.
+    @return: A Deferred firing with the listening port's address.
+    @raise RuntimeError: If C{service} is not started.
     """
     waiting = service._waitingForPort
     if waiting is None:
         raise RuntimeError("the service is not started")
-    d: Deferred[dict[str, Any]] = Deferred()
+    d: Deferred[IAddress] = Deferred()
 
     def listening(port: IListeningPort) -> IListeningPort:
-        d.callback(describeAddress(port.getHost()))
+        d.callback(port.getHost())
         return port
 
     waiting.addCallback(listening)
     return d
+
+
+def whenListening(service: StreamServerEndpointService) -> Deferred[dict[str, Any]]:
+    """
+    @return: A Deferred firing with the address C{service} listens on, as
+        JSON, once it does (call after it started).
+    """
+    return listeningAddress(service).addCallback(describeAddress)
 
 
 class ObservingService(MultiService):
