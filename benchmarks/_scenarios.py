@@ -293,7 +293,30 @@ def build(key: str, scale: float) -> Scenario:
         "d": lambda: concurrent(scale),
         "e": lambda: mix(scale),
     }
-    return makers[key]()
+    return _endedByInventory(makers[key]())
+
+
+#: CRIU's inventory image: a dump writes it last, and only when it succeeded
+#: (imgrelay's proxy gives up a dump stream without it).
+INVENTORY = "inventory.img"
+
+
+def _endedByInventory(scenario: Scenario) -> Scenario:
+    """
+    @return: C{scenario} as a CRIU dump ends: its last image, written after
+        all the others, is a small C{inventory.img} (a trace has one
+        already), which the restore asks for like every other.
+    """
+    if any(spec.name == INVENTORY for spec in scenario.images):
+        return scenario
+    spec = ImageSpec(INVENTORY, 64, max(s.index for s in scenario.images) + 1)
+    *steps, eof = scenario.dump
+    return attrs.evolve(
+        scenario,
+        images=(*scenario.images, spec),
+        dump=(*steps, *_whole(spec), eof),
+        restore=(*scenario.restore, (INVENTORY, True)),
+    )
 
 
 def select(spec: Optional[str]) -> list[str]:

@@ -4,6 +4,11 @@ The proxy's local side for CRIU's C{--stream} dump: CRIU connects to
 C{DIR/streamer-capture.sock}, names each image and passes the read end of a
 pipe, then writes the image into it. Each pipe is read on the reactor and
 sent on as it arrives.
+
+CRIU closes the socket the same way whether its dump succeeded or failed;
+a dump that succeeded wrote C{inventory.img}, last. A dump connection that
+closes without it gives the session up, so the cache never holds the
+images of a failed dump as a complete session.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.wire.criu import FD_BYTE, streamCaptureFramer
+from imgrelay.wire.criu import FD_BYTE, INVENTORY, streamCaptureFramer
 from imgrelay.core.errors import SessionError
 from imgrelay.wire.framing import FramingError, HeaderReceived, PayloadChunk, PayloadDone
 from imgrelay.core.interfaces import IImageSink, IOutgoingImage
@@ -52,6 +57,7 @@ class StreamCaptureProtocol(AdmittedProtocol):
         self._name: Optional[str] = None
         self._readers: set[PipeReader] = set()
         self._failed = False
+        self._sawInventory = False
         self.sink: Optional[IImageSink] = None
 
     def connectionMade(self) -> None:
@@ -107,6 +113,8 @@ class StreamCaptureProtocol(AdmittedProtocol):
         if not self._fds:
             raise FramingError(f"request for {name!r} came without a pipe")
         fd = self._fds.popleft()
+        if name == INVENTORY:
+            self._sawInventory = True
         try:
             image = self.sink.openImage("", name)
         except BaseException:
@@ -160,6 +168,11 @@ class StreamCaptureProtocol(AdmittedProtocol):
             return
         if not self._framer.atBoundary:
             self._error("dump connection ended in the middle of a request")
+            return
+        if not self._sawInventory:
+            # CRIU closes the socket the same way after a failed dump; only
+            # a dump that succeeded wrote its inventory, last.
+            self._error(f"CRIU's dump ended without {INVENTORY}: the dump failed (see CRIU's log), the session is given up")
             return
         self.log.info("dump connection closed; {open} pipes still open", open=len(self._readers))
         self.sink.finish()

@@ -21,6 +21,12 @@ from imgrelay.wire.pb.criu_pb2 import LocalImageHeader, LocalReply, SnapshotIdRe
 #: How much the client writes or reads at once.
 BLOCK = 1 << 20
 
+#: The image a CRIU dump writes last, and only when it succeeded.
+INVENTORY = "inventory.img"
+
+#: What L{StreamDumper.finish} sends as C{inventory.img} by default.
+INVENTORY_CONTENT = b"imgrelay test inventory"
+
 
 def frame(message: object) -> bytes:
     """
@@ -121,9 +127,18 @@ class StreamDumper:
         finally:
             os.close(w)
 
+    def finish(self, inventory: bytes = INVENTORY_CONTENT) -> None:
+        """
+        End the dump as one that succeeded: send C{inventory.img}, which
+        CRIU writes last and only then, and close the socket.
+        """
+        self.send(INVENTORY, inventory)
+        self.close()
+
     def close(self) -> None:
         """
-        End the dump: close the socket.
+        Close the socket: with no C{inventory.img} sent, the end of a dump
+        that failed.
         """
         self.sock.close()
 

@@ -20,6 +20,10 @@ PREFIX = "<I"
 #: The byte CRIU sends with each passed file descriptor.
 FD_BYTE = b"\x00"
 
+#: The image a CRIU dump (or pre-dump) writes last, and only when it
+#: succeeded: a dump stream without it is the stream of a failed dump.
+INVENTORY = "inventory.img"
+
 #: A remote-protocol header's C{open_mode}: a read (Linux's value).
 O_RDONLY = 0
 

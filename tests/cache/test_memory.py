@@ -264,7 +264,7 @@ class MemoryBoundIntegrationTests(TestCase):
                 d = criu.StreamDumper(os.path.join(dumpDir, "streamer-capture.sock"))
                 for image, content in sorted(images.items()):
                     d.send(image, content)
-                d.close()
+                d.finish()
 
             dumps.append(deferToThread(dump))
         for d in dumps:

@@ -65,10 +65,13 @@ class _Sink:
         pass
 
     def finish(self) -> None:
-        pass
+        self.finished = True
 
     def abort(self, reason: str) -> None:
-        pass
+        self.aborted = reason
+
+    finished = False
+    aborted: Optional[str] = None
 
 
 class StreamCaptureProtocolTests(SynchronousTestCase):
@@ -95,3 +98,62 @@ class StreamCaptureProtocolTests(SynchronousTestCase):
         self.assertEqual(image.data, b"content")
         image.producer.connectionLost(Failure(main.CONNECTION_DONE))
         self.assertTrue(image.closed)
+
+
+class InventoryTests(SynchronousTestCase):
+    """
+    A dump stream is complete only with CRIU's C{inventory.img}, which a
+    dump writes last and only when it succeeded.
+    """
+
+    def dump(self, names: list[str]) -> tuple[_Sink, StreamCaptureProtocol]:
+        """
+        @return: The session and the protocol of a dump connection that
+            sent an empty image for each of C{names}, then closed.
+        """
+        sink = _Sink(None)
+        protocol = StreamCaptureProtocol(lambda: sink, MemoryReactorClock(), Limits(), lambda: None)
+        protocol.makeConnection(StringTransport())
+        for name in names:
+            r, w = os.pipe()
+            os.close(w)
+            protocol.fileDescriptorReceived(r)
+            protocol.dataReceived(frame(criu_pb2.StreamRequest(filename=name)) + FD_BYTE)
+        protocol.connectionLost(Failure(main.CONNECTION_DONE))
+        if sink.aborted is None:
+            # The pipes are the readers' to close: a failed dump closed them.
+            for image in sink.images:
+                self.addCleanup(image.producer.abort)
+        return sink, protocol
+
+    def test_withInventory(self) -> None:
+        """
+        A dump that wrote C{inventory.img} finishes its session.
+        """
+        sink, _ = self.dump(["pages-1.img", "inventory.img"])
+        self.assertEqual((sink.finished, sink.aborted), (True, None))
+
+    def test_withoutInventory(self) -> None:
+        """
+        A dump connection that closes without C{inventory.img} (CRIU's dump
+        failed) gives the session up, saying why, and logs an error.
+        """
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        sink, _ = self.dump(["pages-1.img", "core-1.img"])
+        self.assertFalse(sink.finished)
+        assert sink.aborted is not None
+        self.assertIn("without inventory.img", sink.aborted)
+        self.assertIn("the dump failed", sink.aborted)
+        errors = [e for e in events if e["log_level"] is LogLevel.error]
+        self.assertEqual(len(errors), 1)
+
+    def test_emptyDump(self) -> None:
+        """
+        A dump connection that sends nothing at all is a failed dump too.
+        """
+        sink, _ = self.dump([])
+        self.assertFalse(sink.finished)
+        self.assertIsNotNone(sink.aborted)

@@ -204,7 +204,7 @@ class ManySessionsTests(TestCase):
             d = criu.StreamDumper(os.path.join(dump, "streamer-capture.sock"))
             for image, content in sorted(images.items()):
                 d.send(image, content)
-            d.close()
+            d.finish()
 
         await deferToThread(dumpAll)
         await outcome

@@ -175,7 +175,7 @@ class StreamMigrationTests(TestCase):
         await deferToThread(criu.writeAll, w, b"and the rest")
         os.close(w)
         self.assertEqual(await fetched, b"first half and the rest")
-        dumper.close()
+        dumper.finish()
         restorer.close()
         self.assertIsInstance(await relay.waitOutcome(), SessionOutcome)
 
@@ -192,7 +192,7 @@ class StreamMigrationTests(TestCase):
             d = criu.StreamDumper(relay.capture)
             for name, content in images.items():
                 d.send(name, content)
-            d.close()
+            d.finish()
 
         await deferToThread(dump)
         await relay.waitOutcome()
@@ -219,7 +219,7 @@ class StreamMigrationTests(TestCase):
         def dump() -> None:
             d = criu.StreamDumper(relay.capture)
             d.send("empty.img", b"")
-            d.close()
+            d.finish()
 
         await deferToThread(dump)
         await relay.waitOutcome()
@@ -442,7 +442,7 @@ class ServeBadInputTests(TestCase):
         def dump() -> None:
             d = criu.StreamDumper(relay.capture)
             d.send("pages-1.img", traces.patternBytes("p", 4 << 20))
-            d.close()
+            d.finish()
 
         await deferToThread(dump)
         await relay.waitOutcome()
