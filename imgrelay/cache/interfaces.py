@@ -91,5 +91,6 @@ class ILinkListener(Interface):
 
     def whenIdle() -> Deferred[None]:
         """
-        @return: A Deferred that fires once no link is open.
+        @return: A Deferred that fires once no link is open and no session
+            waits for its proxy to resume it.
         """

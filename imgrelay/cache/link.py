@@ -2,8 +2,8 @@
 """
 The cache's end of the link: L{CacheLinkProtocol}, a thin adapter that
 reads a proxy's hello, starts or resumes the session's stream, and feeds
-that stream's L{CacheLinkState}; and L{CacheLinkFactory}, which builds one
-for each connection and keeps the L{ResumeTable} they share.
+that stream's L{CacheLinkState}. L{imgrelay.cache.listener.CacheLinkFactory}
+builds one for each connection and keeps the L{ResumeTable} they share.
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.cache.interfaces import ILinkListener, IOpenLinks, IResumableLink, IResumeTable
+from imgrelay.cache.interfaces import IOpenLinks, IResumableLink, IResumeTable
 from imgrelay.cache.linkstate import CacheLinkState
 from imgrelay.cache.memory import IBoundReader, MemoryBound
-from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT, CacheStream, ResumeTable
+from imgrelay.cache.resume import CacheStream
 from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.core.limits import Limits
@@ -325,90 +324,3 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             stream.state.lost(f"link lost before the session completed ({reason.getErrorMessage()})")
         if self._links is not None:
             self._links.linkClosed(self)
-
-
-@implementer(IOpenLinks, ILinkListener)
-class CacheLinkFactory(Factory):
-    """
-    Accept links from proxies into sessions they claim (an images
-    directory's L{imgrelay.core.store.SessionSlot}, or a registry), and keep
-    each session whose link broke for a while, for its proxy to resume it
-    (its L{ResumeTable}).
-
-    @ivar resumes: The sessions its links' proxies may resume.
-    @ivar links: The links open now.
-    """
-
-    def __init__(
-        self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
-        verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
-        bound: Optional[MemoryBound] = None, idleTimeout: Optional[float] = None,
-    ) -> None:
-        """
-        @param slot: Where sessions are claimed.
-        @param clock: The time, for rates.
-        @param reactor: Where sockets are read and timers run; the global
-            reactor by default.
-        @param verbose: Log every image, not only large ones.
-        @param limits: Images and bytes a session may bring.
-        @param resumeTimeout: Seconds a session whose link broke waits for
-            its proxy to resume it before it fails.
-        @param bound: The cache's memory bound; none by default.
-        @param idleTimeout: Seconds a new link may take to say hello, or
-            None for no limit.
-        """
-        self.idleTimeout = idleTimeout
-        self.bound = bound if bound is not None else MemoryBound()
-        self.limits = limits
-        self.slot = slot
-        self.clock = clock
-        self.reactor = reactor
-        self.verbose = verbose
-        self.resumes = ResumeTable(resumeTimeout, reactor)
-        self.links: set[CacheLinkProtocol] = set()
-        self._idleWaiters: list[Deferred[None]] = []
-
-    def linkClosed(self, link: object) -> None:
-        """
-        See L{IOpenLinks.linkClosed}: once no link is open, L{whenIdle}
-        fires.
-        """
-        self.links.discard(link)
-        if not self.links:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def abortAll(self) -> None:
-        """
-        Close every link at once (the cache is shutting down); their
-        sessions not yet complete fail, with those waiting for a resume.
-        """
-        for link in list(self.links):
-            link.transport.abortConnection()  # type: ignore[union-attr]
-        self.resumes.failAll("the cache is shutting down")
-
-    def whenIdle(self) -> Deferred[None]:
-        """
-        @return: A Deferred that fires once no link is open.
-        """
-        if not self.links:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idleWaiters.append(d)
-        return d
-
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> CacheLinkProtocol:
-        """
-        @return: A protocol for one link, sharing this factory's resume
-            table and telling it when it closes.
-        """
-        p = CacheLinkProtocol(
-            self.slot, self.clock, self.reactor, self.verbose, self.limits, self.bound,
-            resumes=self.resumes, links=self, idleTimeout=self.idleTimeout,
-        )
-        p.factory = self
-        self.links.add(p)
-        return p

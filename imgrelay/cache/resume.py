@@ -9,7 +9,7 @@ not come back in time fails.
 from __future__ import annotations
 
 import hmac
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -94,16 +94,30 @@ class ResumeTable:
 
     log = Logger()
 
-    def __init__(self, timeout: float = DEFAULT_RESUME_TIMEOUT, reactor: Optional[IReactorTime] = None) -> None:
+    def __init__(
+        self, timeout: float = DEFAULT_RESUME_TIMEOUT, reactor: Optional[IReactorTime] = None,
+        forgotten: Callable[[], None] = lambda: None,
+    ) -> None:
         """
         @param timeout: Seconds a session whose link broke waits for its
             proxy to resume it before it fails.
         @param reactor: Where the expiry timers run; the global reactor by
             default.
+        @param forgotten: Called each time a session leaves the table.
         """
         self.timeout = timeout
         self.streams: dict[str, CacheStream] = {}
         self._reactor = reactor
+        self._forgotten = forgotten
+
+    def awaitingResume(self) -> bool:
+        """
+        @return: Whether a session waits for its proxy to resume it: its
+            link broke before the proxy had its last answer (a session
+            already complete too, whose proxy may not have had the
+            confirmation).
+        """
+        return any(stream.link is None for stream in self.streams.values())
 
     def _timers(self) -> IReactorTime:
         reactor = self._reactor
@@ -207,6 +221,7 @@ class ResumeTable:
         name = stream.session.name or ""
         if self.streams.get(name) is stream:
             del self.streams[name]
+            self._forgotten()
 
     def failAll(self, reason: str) -> None:
         """

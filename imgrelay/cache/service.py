@@ -19,7 +19,7 @@ from imgrelay.cache.criulink import CriuLinkReceiverFactory
 from imgrelay.cache.interfaces import ILinkListener
 from imgrelay.cache.feeds import observeCache
 from imgrelay.cache.fetchserve import FetchServeFactory
-from imgrelay.cache.link import CacheLinkFactory
+from imgrelay.cache.listener import CacheLinkFactory
 from imgrelay.cache.memory import MemoryBound
 from imgrelay.cache.registry import SessionRegistry
 from imgrelay.cache.remote import CacheRemoteBackend
@@ -178,8 +178,10 @@ class CacheService(MultiService):
 
     def whenLinksClosed(self) -> Deferred[None]:
         """
-        @return: A Deferred that fires once no link is open, so that the
-            final answer of a completed session has reached its proxy.
+        @return: A Deferred that fires once no link is open and no session
+            waits for its proxy to resume it, so that the final answer of a
+            completed session has reached its proxy, or the proxy had the
+            resume timeout to come back for it.
         """
         return self._linkFactory.whenIdle()
 

@@ -350,7 +350,7 @@ class LinkListenerTests(SynchronousTestCase):
         L{ILinkListener}.
         """
         from imgrelay.cache.interfaces import ILinkListener
-        from imgrelay.cache.link import CacheLinkFactory
+        from imgrelay.cache.listener import CacheLinkFactory
 
         verifyObject(ILinkListener, CriuLinkReceiverFactory(SessionSlot()))
         verifyObject(ILinkListener, CacheLinkFactory(SessionSlot()))

@@ -18,7 +18,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgrelay.cache.interfaces import IOpenLinks, IResumableLink, IResumeTable
-from imgrelay.cache.link import CacheLinkFactory, CacheLinkProtocol
+from imgrelay.cache.link import CacheLinkProtocol
+from imgrelay.cache.listener import CacheLinkFactory
 from imgrelay.cache.memory import IBoundReader
 from imgrelay.cache.resume import CacheStream
 from imgrelay.core.errors import ProtocolError
@@ -26,7 +27,8 @@ from imgrelay.core.store import SessionState
 from imgrelay.core.slot import SessionSlot
 from imgrelay.transport.receiver import IPayloadReceiver
 from imgrelay.wire.framing import DEFAULT_MAX_HEADER
-from imgrelay.wire.link import CacheMessage, ProxyMessage, chunkHeader, frame
+from imgrelay.wire.framing import HeaderReceived
+from imgrelay.wire.link import CacheMessage, ProxyMessage, cacheMessageFramer, chunkHeader, frame
 from imgrelay.wire.pb import link_pb2
 from tests.cache.helpers import LinkTestMixin, chunk, done, hello, imageClose, imageOpen, wholeImage
 
@@ -244,6 +246,45 @@ class WhenIdleTests(SynchronousTestCase):
         self.assertNoResult(idle)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(idle)
+
+    def test_whenIdleWaitsForResumeAfterConfirmation(self) -> None:
+        """
+        A link reset after the session completed (the proxy may not have
+        had the confirmation) leaves the session waiting for a resume:
+        L{CacheLinkFactory.whenIdle} fires once the proxy resumed, heard the
+        confirmation again and closed, or once the resume timeout passed.
+        """
+        for resumed in (True, False):
+            clock = Clock()
+            factory = CacheLinkFactory(SessionSlot(clock=clock.seconds), clock.seconds, clock, resumeTimeout=5)
+            first, firstTransport = factory.buildProtocol(None), StringTransport()
+            first.makeConnection(firstTransport)
+            first.dataReceived(_tokenHello(resume=False) + wholeImage(1, "a.img", b"abc"))
+            first.dataReceived(done([("", "a.img", b"abc")]))
+            session = first.state.session
+            assert session is not None
+            self.assertIs(session.state, SessionState.COMPLETE)
+            first.connectionLost(Failure(ConnectionLost("reset")))
+            idle = factory.whenIdle()
+            self.assertNoResult(idle)
+            if resumed:
+                second, secondTransport = factory.buildProtocol(None), StringTransport()
+                second.makeConnection(secondTransport)
+                second.dataReceived(_tokenHello(resume=True))
+                kinds = [
+                    e.message.WhichOneof("kind")
+                    for e in cacheMessageFramer().feed(secondTransport.value())
+                    if isinstance(e, HeaderReceived)
+                ]
+                self.assertEqual(kinds, ["accept", "done_ok"])
+                self.assertNoResult(idle)
+                second.connectionLost(Failure(ConnectionDone()))
+            else:
+                clock.advance(4.9)
+                self.assertNoResult(idle)
+                clock.advance(0.1)
+            self.successResultOf(idle)
+            self.assertIs(session.state, SessionState.COMPLETE)
 
     def test_whenIdleAfterReplacedLink(self) -> None:
         """

@@ -292,7 +292,7 @@ class LinkRegistrationTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from imgrelay.cache.link import CacheLinkFactory
+        from imgrelay.cache.listener import CacheLinkFactory
         from imgrelay.cache.registry import SessionRegistry
         from tests.cache.helpers import hello
 

@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from imgrelay.cache.link import CacheLinkFactory, CacheLinkProtocol
+from imgrelay.cache.link import CacheLinkProtocol
+from imgrelay.cache.listener import CacheLinkFactory
 from imgrelay.core.errors import SessionError
 from imgrelay.proxy.stream import MIN_WINDOW
 from imgrelay.wire.link import CacheMessage, ProxyMessage, frame
