@@ -2,7 +2,7 @@
 The fault matrix, end to end: a migration through the real twistd daemons
 (C{--oneshot}) while a relay between proxy and cache resets the link, or a
 process is killed with SIGKILL, at a chosen point of the link protocol
-(L{tests.e2e.faultrelay.POINTS}).
+(L{imgrelay.testing.faults.POINTS}).
 
 Every cell ends within a bounded time, with the right exit status on each
 side: 0 where the migration completed (a reset is resumed), non-zero with
@@ -13,125 +13,53 @@ socket closed): never a partial image from a cache that is alive.
 
 from __future__ import annotations
 
+import shutil
 import signal
-import subprocess
-import sys
-import threading
-from typing import Callable, Optional, Union
+import tempfile
+from typing import Callable, Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgrelay.testing.faults import POINTS, Outcome, migrate
 
 
-from imgrelay.testing import criu
-from imgrelay.testing.daemons import Daemon
-from tests.e2e import dumpclient
-from tests.e2e.faultrelay import POINTS, FaultRelay
-from tests.e2e.test_e2e import _DaemonCase
-
-#: Seconds any process of a cell may take to end once the fault struck.
-BOUND = 60
-
-#: Seconds each daemon waits for the other after losing its link.
-GIVE_UP = "3"
-
-
-class _Cell:
-    """
-    What one cell of the matrix ended with.
-    """
-
-    proxy: Optional[int] = None
-    cache: Optional[int] = None
-    dumper: Optional[int] = None
-    restored: Union[dict[str, Optional[bytes]], BaseException, None] = None
-
-
-class FaultMatrixTests(_DaemonCase):
+class FaultMatrixTests(SynchronousTestCase):
     """
     Resets and kills at every point of the link.
     """
 
-    def runCell(self, point: str, victim: Optional[str]) -> _Cell:
+    def migrate(self, point: str, victim: Optional[str]) -> Outcome:
         """
-        Migrate L{dumpclient.images} through a relay that, at C{point},
-        resets the link (C{victim} None) or kills C{victim} (C{"proxy"},
-        C{"cache"} or C{"dumper"}).
+        Run one cell; it must have struck, and ended within the bound.
         """
-        processes: dict[str, Callable[[], Optional[subprocess.Popen[bytes]]]] = {}
+        base = tempfile.mkdtemp(prefix="imgrelay-fault-")
+        self.addCleanup(shutil.rmtree, base, True)
+        outcome = migrate(base, point, victim)
+        self.assertTrue(outcome.struck, f"the link never reached {point}")
+        self.assertFalse(outcome.hung, self.logsOf(outcome))
+        self.assertFalse(outcome.wrongBytes)
+        return outcome
 
-        def strike() -> None:
-            process = processes[victim]() if victim is not None else None
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-
-        relay = FaultRelay(self.port, point, strike if victim is not None else None)
-        self.addCleanup(relay.stop)
-        cache = self.cache("--oneshot", "--resume-timeout", GIVE_UP)
-        proxy = self.daemon(
-            "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={relay.port}", "--images-dir", self.dumpDir,
-            "--oneshot", "--reconnect-timeout", GIVE_UP,
-        )
-        cache.waitFor(path=self.serve)
-        proxy.waitFor(path=self.capture)
-        cell = _Cell()
-        names = sorted(dumpclient.images())
-
-        def restore() -> None:
-            try:
-                r = criu.StreamRestorer(self.serve)
-                cell.restored = r.fetchAll(names)
-                r.close()
-            except BaseException as e:
-                cell.restored = e
-
-        restorer = threading.Thread(target=restore, daemon=True)
-        restorer.start()
-        dumper = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.dumpclient", self.capture],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.addCleanup(lambda: dumper.poll() is None and dumper.kill())
-        processes.update(proxy=lambda: proxy.process, cache=lambda: cache.process, dumper=lambda: dumper)
-        cell.dumper = dumper.wait(BOUND)
-        cell.proxy = proxy.wait(BOUND)
-        cell.cache = cache.wait(BOUND)
-        restorer.join(BOUND)
-        self.assertFalse(restorer.is_alive(), "the restore never ended")
-        self.assertTrue(relay.struck.is_set(), f"the link never reached {point}")
-        self.logs = (proxy, cache)
-        return cell
-
-    def assertWhole(self, cell: _Cell) -> None:
+    def logsOf(self, outcome: Outcome) -> str:
         """
-        The restore got every image, byte for byte.
+        @return: The ends of both daemons' logs, for a failure message.
         """
-        self.assertEqual(cell.restored, dumpclient.images())
+        proxy, cache = outcome.logs
+        return f"proxy:\n{proxy[-1500:]}\ncache:\n{cache[-1500:]}"
 
-    def assertNoPartial(self, cell: _Cell) -> None:
-        """
-        The restore got whole images or none: each image it read is the
-        one dumped, or it was answered as absent, or its socket failed.
-        """
-        if isinstance(cell.restored, BaseException):
-            return
-        assert cell.restored is not None
-        images = dumpclient.images()
-        for name, content in cell.restored.items():
-            if content is not None:
-                self.assertEqual(content, images[name], name)
-
-    def assertFailed(self, daemon: Daemon, status: Optional[int]) -> None:
+    def assertFailedLoudly(self, status: Optional[int], log: str) -> None:
         """
         A daemon that lived on exited 1, saying why.
         """
-        self.assertEqual(status, 1, daemon.log()[-2000:])
-        self.assertIn("failed", daemon.log())
+        self.assertEqual(status, 1, log[-2000:])
+        self.assertIn("failed", log)
 
 
 def _resetCell(point: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
-        cell = self.runCell(point, None)
-        proxy, cache = self.logs
-        self.assertEqual((cell.dumper, cell.proxy, cell.cache), (0, 0, 0), proxy.log()[-2000:] + cache.log()[-2000:])
-        self.assertWhole(cell)
+        outcome = self.migrate(point, None)
+        self.assertEqual((outcome.dumper, outcome.proxy, outcome.cache), (0, 0, 0), self.logsOf(outcome))
+        self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
 
     test.__doc__ = f"""
         A reset of the link at {point} is resumed: the migration completes,
@@ -142,20 +70,18 @@ def _resetCell(point: str) -> Callable[[FaultMatrixTests], None]:
 
 def _killProxyCell(point: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
-        cell = self.runCell(point, "proxy")
-        proxy, cache = self.logs
-        self.assertEqual(cell.proxy, -signal.SIGKILL)
+        outcome = self.migrate(point, "proxy")
+        self.assertEqual(outcome.proxy, -signal.SIGKILL)
         if point == "final-handshake":
             # The dump had ended, and the cache had verified everything and
             # confirmed it: only the answer was lost with the proxy.
-            self.assertEqual(cell.dumper, 0)
-            self.assertEqual(cell.cache, 0, cache.log()[-2000:])
-            self.assertWhole(cell)
+            self.assertEqual(outcome.dumper, 0)
+            self.assertEqual(outcome.cache, 0, self.logsOf(outcome))
+            self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
         else:
-            self.assertNotEqual(cell.dumper, 0)
-            self.assertFailed(cache, cell.cache)
-            self.assertNoPartial(cell)
-            self.assertNotEqual(cell.restored, dumpclient.images())
+            self.assertNotEqual(outcome.dumper, 0)
+            self.assertFailedLoudly(outcome.cache, outcome.logs[1])
+            self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
 
     test.__doc__ = f"""
         The proxy killed at {point}: the dump fails; the cache gives the
@@ -169,31 +95,33 @@ def _killProxyCell(point: str) -> Callable[[FaultMatrixTests], None]:
 
 def _killCacheCell(point: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
-        cell = self.runCell(point, "cache")
-        proxy, cache = self.logs
-        self.assertEqual(cell.cache, -signal.SIGKILL)
-        self.assertFailed(proxy, cell.proxy)
-        # At the final handshake the dump had ended already.
-        self.assertEqual(cell.dumper == 0, point == "final-handshake")
-        self.assertNotEqual(cell.restored, dumpclient.images())
+        outcome = self.migrate(point, "cache")
+        self.assertEqual(outcome.cache, -signal.SIGKILL)
+        self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
+        if point == "final-handshake":
+            # The dump had ended, and the restore may have read every
+            # image, each verified before the proxy's done: the proxy,
+            # never confirmed, still fails.
+            self.assertEqual(outcome.dumper, 0)
+        else:
+            self.assertNotEqual(outcome.dumper, 0)
+            self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
 
     test.__doc__ = f"""
         The cache killed at {point}: the proxy gives the session up after
-        its reconnect timeout and exits 1, the dump fails (unless it had
-        ended), and the restore fails.
+        its reconnect timeout and exits 1; before the final handshake the
+        dump and the restore fail too.
         """
     return test
 
 
 def _killDumperCell(point: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
-        cell = self.runCell(point, "dumper")
-        proxy, cache = self.logs
-        self.assertEqual(cell.dumper, -signal.SIGKILL)
-        self.assertFailed(proxy, cell.proxy)
-        self.assertFailed(cache, cell.cache)
-        self.assertNoPartial(cell)
-        self.assertNotEqual(cell.restored, dumpclient.images())
+        outcome = self.migrate(point, "dumper")
+        self.assertEqual(outcome.dumper, -signal.SIGKILL)
+        self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
+        self.assertFailedLoudly(outcome.cache, outcome.logs[1])
+        self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
 
     test.__doc__ = f"""
         CRIU's dump killed at {point}: the dump stream ends without its
@@ -203,15 +131,15 @@ def _killDumperCell(point: str) -> Callable[[FaultMatrixTests], None]:
     return test
 
 
+def _testName(prefix: str, point: str) -> str:
+    return prefix + "".join(part.title() for part in point.split("-"))
+
+
 for _point in POINTS:
-    _name = "".join(part.title() for part in _point.split("-"))
-    setattr(FaultMatrixTests, f"test_reset{_name}", _resetCell(_point))
+    setattr(FaultMatrixTests, _testName("test_reset", _point), _resetCell(_point))
 for _point in ("mid-chunk", "before-ack", "final-handshake"):
-    _name = "".join(part.title() for part in _point.split("-"))
-    setattr(FaultMatrixTests, f"test_killProxy{_name}", _killProxyCell(_point))
+    setattr(FaultMatrixTests, _testName("test_killProxy", _point), _killProxyCell(_point))
 for _point in ("mid-hello", "mid-chunk", "before-ack", "final-handshake"):
-    _name = "".join(part.title() for part in _point.split("-"))
-    setattr(FaultMatrixTests, f"test_killCache{_name}", _killCacheCell(_point))
+    setattr(FaultMatrixTests, _testName("test_killCache", _point), _killCacheCell(_point))
 for _point in ("mid-chunk", "before-ack"):
-    _name = "".join(part.title() for part in _point.split("-"))
-    setattr(FaultMatrixTests, f"test_killDumper{_name}", _killDumperCell(_point))
+    setattr(FaultMatrixTests, _testName("test_killDumper", _point), _killDumperCell(_point))

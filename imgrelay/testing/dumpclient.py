@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.e2e.test_faults -*-
 """
 A CRIU-like dump as its own process, so that a test can kill it with
-SIGKILL mid-dump: C{python -m tests.e2e.dumpclient SOCKET}.
+SIGKILL mid-dump: C{python -m imgrelay.testing.dumpclient SOCKET}.
 
 It dumps L{IMAGES} through the proxy's capture socket (C{pages-1.img} open
 the whole time, the small images sent meanwhile, C{inventory.img} last, as
