@@ -2,7 +2,7 @@
 C{python -m benchmarks.soak [--runs N] [--seed S] [--bound SECONDS]}: N
 migrations through the real daemons (C{--oneshot}), each with one fault
 drawn at random (a link reset, or SIGKILL of the proxy, the cache or CRIU's
-dump, at a random point of the link; see L{imgrelay.testing.faults}), and
+dump, at a random point of the link: L{imgrelay.testing.faults.CELLS}), and
 a count of how they ended:
 
   - completed: the restore read every image, byte for byte, and each
@@ -30,7 +30,7 @@ import time
 from typing import Optional
 
 from imgrelay.testing import dumpclient
-from imgrelay.testing.faults import POINTS, VICTIMS, Outcome, migrate
+from imgrelay.testing.faults import CELLS, Outcome, migrate
 
 
 def verdict(outcome: Outcome) -> str:
@@ -77,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"soak: {args.runs} faulted migrations, seed {seed}", flush=True)
     started = time.monotonic()
     for run in range(1, args.runs + 1):
-        point, victim = rng.choice(POINTS), rng.choice(VICTIMS)
+        point, victim = rng.choice(CELLS)
         base = tempfile.mkdtemp(prefix="imgrelay-soak-")
         try:
             outcome = migrate(base, point, victim, bound=args.bound)

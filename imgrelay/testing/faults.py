@@ -100,10 +100,24 @@ class FaultRelay:
                 _reset(client)
                 continue
             self._sockets += [client, server]
-            relay = threading.Thread(target=self._relay, args=(client, server, first), daemon=True)
+            relay = threading.Thread(target=self._relayOrReset, args=(client, server, first), daemon=True)
             first = False
             relay.start()
             self._threads.append(relay)
+
+    def _relayOrReset(self, client: socket.socket, server: socket.socket, watched: bool) -> None:
+        try:
+            self._relay(client, server, watched)
+        except BaseException as e:
+            # A relay that dies must not leave a link hanging: say so, and
+            # reset it.
+            self.error = e
+            _reset(client)
+            _reset(server)
+            raise
+
+    #: What ended a relay thread, if one failed.
+    error: Optional[BaseException] = None
 
     def _relay(self, client: socket.socket, server: socket.socket, watched: bool) -> None:
         up = proxyMessageFramer(1 << 20)
@@ -203,6 +217,16 @@ class FaultRelay:
 #: Who a fault kills: nobody (the link is reset), or one process.
 VICTIMS = (None, "proxy", "cache", "dumper")
 
+#: Every (point, victim) pair but the proxy killed before the cache had its
+#: hello: the cache never heard of that migration, and goes on waiting for
+#: one, as a server does.
+CELLS = tuple(
+    (point, victim)
+    for point in POINTS
+    for victim in VICTIMS
+    if not (victim == "proxy" and point in ("before-hello", "mid-hello"))
+)
+
 
 @attrs.define
 class Outcome:
@@ -295,7 +319,7 @@ def migrate(base: str, point: str, victim: Optional[str], bound: float = 60, giv
     @param bound: Seconds each process may take to end.
     @return: How it ended. Nothing of it runs any more.
     """
-    started = time.monotonic()
+    began = time.monotonic()
     dumpDir, restoreDir = os.path.join(base, "dump"), os.path.join(base, "restore")
     os.mkdir(dumpDir, 0o700)
     os.mkdir(restoreDir, 0o700)
@@ -303,10 +327,14 @@ def migrate(base: str, point: str, victim: Optional[str], bound: float = 60, giv
     serve = os.path.join(restoreDir, "streamer-serve.sock")
     port = freePort()
     outcome = Outcome(point, victim)
-    processes: dict[str, Callable[[], Optional[subprocess.Popen[bytes]]]] = {}
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    started = threading.Event()
 
     def strike() -> None:
-        process = processes[victim]() if victim is not None else None
+        # The relay's thread may strike as soon as the dump connects: wait
+        # until every process is known.
+        started.wait(bound)
+        process = processes.get(victim) if victim is not None else None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
 
@@ -342,7 +370,8 @@ def migrate(base: str, point: str, victim: Optional[str], bound: float = 60, giv
             [sys.executable, "-m", "imgrelay.testing.dumpclient", capture],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        processes.update(proxy=lambda: proxy.process, cache=lambda: cache.process, dumper=lambda: dumper)
+        processes.update(proxy=proxy.process, cache=cache.process, dumper=dumper)
+        started.set()
         deadline = time.monotonic() + bound
 
         def wait(process: subprocess.Popen[bytes]) -> Optional[int]:
@@ -368,5 +397,7 @@ def migrate(base: str, point: str, victim: Optional[str], bound: float = 60, giv
             dumper.wait()
         relay.stop()
         outcome.logs = (proxy.log(), cache.log())
-        outcome.seconds = time.monotonic() - started
+        if relay.error is not None:
+            raise RuntimeError("the fault relay failed") from relay.error
+        outcome.seconds = time.monotonic() - began
     return outcome
