@@ -7,10 +7,11 @@ a count of how they ended:
 
   - completed: the restore read every image, byte for byte, and each
     daemon the fault did not kill exited 0;
-  - failed loudly: each daemon the fault did not kill exited non-zero, the
-    reason in its log, and the restore read no wrong image;
-  - failed quietly: anything else that ended (a daemon exiting 0 for a
-    migration that did not complete, or non-zero without a reason);
+  - failed loudly: the migration did not complete; each daemon the fault
+    did not kill exited 0 for its own part done (a proxy whose session the
+    cache confirmed) or non-zero with the reason in its log, and the
+    restore read no wrong image;
+  - failed quietly: a daemon exited non-zero without a reason;
   - hung: a process or the restore had not ended within the bound;
   - wrong bytes: the restore read an image that is not the one dumped,
     from a cache that lived on.
@@ -37,10 +38,11 @@ def verdict(outcome: Outcome) -> str:
     """
     @return: How C{outcome} ended: C{"completed"} (the restore read every
         image byte for byte, and every daemon the fault did not kill exited
-        0), C{"failed loudly"} (every daemon the fault did not kill exited
-        non-zero saying why), C{"hung"}, C{"wrong bytes"}, or
-        C{"failed quietly"} (anything else: a daemon exiting 0 for a
-        migration that did not complete, or non-zero without a reason).
+        0), C{"failed loudly"} (the migration did not complete, and every
+        daemon the fault did not kill exited 0 for its own part done, such
+        as a proxy whose session the cache had confirmed, or non-zero
+        saying why), C{"hung"}, C{"wrong bytes"}, or C{"failed quietly"}
+        (a daemon exiting non-zero without saying why).
     """
     if outcome.wrongBytes:
         return "wrong bytes"
@@ -52,11 +54,11 @@ def verdict(outcome: Outcome) -> str:
         for who, status, log in (("proxy", outcome.proxy, proxyLog), ("cache", outcome.cache, cacheLog))
         if who != outcome.victim
     ]
-    if outcome.restored == dumpclient.images() and all(status == 0 for status, _ in living):
+    if any(status != 0 and "failed" not in log for status, log in living):
+        return "failed quietly"
+    if outcome.restoredWhole and all(status == 0 for status, _ in living):
         return "completed"
-    if all(status != 0 and "failed" in log for status, log in living):
-        return "failed loudly"
-    return "failed quietly"
+    return "failed loudly"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
