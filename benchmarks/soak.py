@@ -30,7 +30,6 @@ import tempfile
 import time
 from typing import Optional
 
-from imgrelay.testing import dumpclient
 from imgrelay.testing.faults import CELLS, Outcome, migrate
 
 
