@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 import attrs
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from imgrelay.cache.link import DEFAULT_HEARTBEAT
 from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits, flag, positive
@@ -58,6 +59,11 @@ def _oneOf(choices: tuple[str, ...], what: str) -> Any:
             raise ValueError(f"{flag(attribute.name)}: unknown {what} {value!r}: one of {', '.join(choices)}")
 
     return check
+
+
+def _notNegative(instance: object, attribute: "attrs.Attribute[float]", value: float) -> None:
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{flag(attribute.name)}: {value!r} is not a number of seconds, 0 or more")
 
 
 def _window(instance: object, attribute: "attrs.Attribute[int]", value: int) -> None:
@@ -206,6 +212,9 @@ class CacheConfig:
     @ivar maxMemory: The most bytes of images held at once (None: no
         bound). At the bound the cache stops reading the links that bring
         more, and goes on as sessions are released.
+    @ivar heartbeat: Seconds between the progress reports the cache sends
+        on a quiet link: a proxy that hears nothing for three of them
+        takes the link for dead and resumes on a new one (0: none).
     @ivar observability: Progress lines, a stats file, a status fd and an
         HTTP status endpoint.
     @ivar verbose: Log every image, not only those of 1 MiB or more.
@@ -226,6 +235,7 @@ class CacheConfig:
     retain: float = 0.0
     maxSessions: int = attrs.field(default=DEFAULT_MAX_SESSIONS, validator=positive)
     maxMemory: Optional[int] = attrs.field(default=None, validator=positive)
+    heartbeat: float = attrs.field(default=DEFAULT_HEARTBEAT, validator=_notNegative)
     observability: Observability = Observability()
     verbose: bool = False
     oneshot: bool = False

@@ -229,6 +229,9 @@ class CacheOptions(_Options):
          "once.", int],
         ["retain", None, _default(CacheConfig, "retain"), "Seconds a session is kept after its last restore ended, "
          "to be restored again meanwhile.", float],
+        ["heartbeat", None, _default(CacheConfig, "heartbeat"), "Seconds between the cache's word to a quiet "
+         "link; a proxy that hears nothing for three of them drops the link and resumes the session on a new one "
+         "(0: none).", float],
     ]
 
     def config(self) -> CacheConfig:
@@ -247,6 +250,7 @@ class CacheOptions(_Options):
         return CacheConfig(
             listen=self["listen"], sessionsRoot=self["sessions-root"], resumeTimeout=self["resume-timeout"],
             retain=self["retain"], maxSessions=self["max-sessions"], maxMemory=self["max-memory"],
+            heartbeat=self["heartbeat"],
             **self._common(),
         )
 

@@ -12,8 +12,9 @@ import time
 from typing import Any, Callable, Optional
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -25,17 +26,21 @@ from imgrelay.cache.memory import IBoundReader, MemoryBound
 from imgrelay.cache.resume import CacheStream
 from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.core.interfaces import ISessionClaims
-from imgrelay.core.limits import Limits
+from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
 from imgrelay.core.names import BadName
 from imgrelay.core.store import Session
 from imgrelay.transport.keepalive import watchPeer
 from imgrelay.transport.peer import peerOf
 from imgrelay.transport.receiver import IPayloadReceiver, SocketReceiver
 from imgrelay.wire.framing import FramingError, HeaderReceived
-from imgrelay.wire.link import frame, helloFramer
+from imgrelay.wire.link import CacheMessage, frame, helloFramer
+from imgrelay.wire.pb import link_pb2
 
 #: How much the cache reads from the link at once.
 READ_SIZE = 1 << 20
+
+#: Seconds between the progress reports a cache sends on a quiet link.
+DEFAULT_HEARTBEAT = 10.0
 
 
 @implementer(IPayloadReceiver, IBoundReader, IResumableLink)
@@ -52,13 +57,15 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
         resumes: Optional[IResumeTable] = None, links: Optional[IOpenLinks] = None,
-        idleTimeout: Optional[float] = None,
+        idleTimeout: Optional[float] = None, heartbeat: float = 0.0,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
         @param clock: The time, for rates.
         @param reactor: Where a plain TCP link's socket is read, and the
-            idle timer runs; the global reactor by default.
+            timers run (the idle timer, the heartbeat, the wait for the
+            proxy to close after the confirmation); the global reactor by
+            default, without the wait for the close.
         @param verbose: Log every image, not only large ones.
         @param limits: Images and bytes a session may bring.
         @param bound: The cache's memory bound, which may hold this link.
@@ -68,7 +75,14 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         @param links: Told when this link closes.
         @param idleTimeout: Seconds this link may take to say hello, or None
             for no limit.
+        @param heartbeat: Seconds between the progress reports sent on a
+            quiet link once a session is on it, promised in the accept (see
+            L{link_pb2.Accept.heartbeat}); 0 for none.
         """
+        self._heartbeat = heartbeat
+        self._beating: Optional[LoopingCall] = None
+        self._confirmed: Optional[IDelayedCall] = None
+        self._lost = False
         self._resumes = resumes
         self._links = links
         self._idleTimeout = idleTimeout
@@ -253,13 +267,18 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             else:
                 resumes.started(stream, self)
         self.stream = stream
+        if self._heartbeat > 0:
+            for reply in replies:
+                if reply.WhichOneof("kind") == "accept":
+                    reply.accept.heartbeat = self._heartbeat
+            self._startBeating()
         if self._bound is not None:
             # Only now does this link bring a session's bytes; the bound
             # holds it, or not, by that session (a link held before its
             # hello could never resume the oldest session).
             self._bound.addReader(self)
         for reply in replies:
-            self._transport().write(frame(reply))
+            self._send(reply)
         if rest:
             self._feed(rest)
 
@@ -268,7 +287,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         assert stream is not None
         for event in stream.framer.feed(data):
             for reply in stream.state.received(event):
-                self._transport().write(frame(reply))
+                self._send(reply)
             if self._closing:
                 # The memory bound dropped the session.
                 return
@@ -279,6 +298,64 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
                 return
         stream.taken += len(data)
         self._reportProgress()
+
+    def _send(self, message: CacheMessage) -> None:
+        self._transport().write(frame(message))
+        reactor = self._reactor
+        if message.WhichOneof("kind") == "done_ok" and reactor is not None and self._confirmed is None and not (
+            self._lost or self._closing
+        ):
+            # The proxy closes the link once it has our confirmation. A link
+            # still open long after it is a dead one whose end never reached
+            # us (a relay that keeps it open): close it, and keep the session
+            # for the proxy to resume should it not have had the answer.
+            grace = self._idleTimeout if self._idleTimeout is not None else DEFAULT_IDLE_TIMEOUT
+            self._confirmed = reactor.callLater(grace, self._confirmedLinkLeftOpen, grace)
+
+    def _confirmedLinkLeftOpen(self, grace: float) -> None:
+        self._confirmed = None
+        stream = self.stream
+        self.log.warn(
+            "session {session}: the proxy did not close the link within {grace:g} s of the confirmation; "
+            "closing it (the session waits for a resume, should the proxy not have had the answer)",
+            session=stream.session.name if stream is not None else None, grace=grace,
+        )
+        self._closing = True
+        self._transport().abortConnection()  # type: ignore[attr-defined]
+
+    def _startBeating(self) -> None:
+        if self._lost or self._closing:
+            return
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self._beating = LoopingCall(self._beat)
+        self._beating.clock = reactor
+        self._beating.start(self._heartbeat, now=False)
+
+    def _stopTimers(self) -> None:
+        self.setTimeout(None)
+        if self._beating is not None and self._beating.running:
+            self._beating.stop()
+        self._beating = None
+        if self._confirmed is not None and self._confirmed.active():
+            self._confirmed.cancel()
+        self._confirmed = None
+
+    def abort(self) -> None:
+        """
+        Reset the link now (the cache is stopping), its timers with it.
+        """
+        self._stopTimers()
+        self._closing = True
+        self._transport().abortConnection()  # type: ignore[attr-defined]
+
+    def _beat(self) -> None:
+        # Word to the proxy however quiet the link: how much of the stream
+        # was taken, which it may hear any number of times.
+        stream = self.stream
+        if stream is not None and stream.link is self and not self._closing:
+            self._transport().write(frame(CacheMessage(progress=link_pb2.Progress(received=stream.taken))))
 
     def _reportProgress(self) -> None:
         assert self.stream is not None
@@ -311,7 +388,8 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
                 "link from {peer} closed before its hello: {reason}",
                 peer=peerOf(self.transport), reason=reason.getErrorMessage(),
             )
-        self.setTimeout(None)
+        self._lost = True
+        self._stopTimers()
         if self._receiver is not None:
             self._receiver.close()
         if self._bound is not None:

@@ -41,7 +41,7 @@ class CacheLinkFactory(Factory):
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
-        bound: Optional[MemoryBound] = None, idleTimeout: Optional[float] = None,
+        bound: Optional[MemoryBound] = None, idleTimeout: Optional[float] = None, heartbeat: float = 0.0,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -55,7 +55,10 @@ class CacheLinkFactory(Factory):
         @param bound: The cache's memory bound; none by default.
         @param idleTimeout: Seconds a new link may take to say hello, or
             None for no limit.
+        @param heartbeat: Seconds between the progress reports each link
+            sends while quiet (0: none); see L{CacheLinkProtocol}.
         """
+        self.heartbeat = heartbeat
         self.idleTimeout = idleTimeout
         self.bound = bound if bound is not None else MemoryBound()
         self.limits = limits
@@ -89,7 +92,7 @@ class CacheLinkFactory(Factory):
         sessions not yet complete fail, with those waiting for a resume.
         """
         for link in list(self.links):
-            link.transport.abortConnection()  # type: ignore[union-attr]
+            link.abort()
         self.resumes.failAll("the cache is shutting down")
 
     def whenIdle(self) -> Deferred[None]:
@@ -114,7 +117,7 @@ class CacheLinkFactory(Factory):
         """
         p = CacheLinkProtocol(
             self.slot, self.clock, self.reactor, self.verbose, self.limits, self.bound,
-            resumes=self.resumes, links=self, idleTimeout=self.idleTimeout,
+            resumes=self.resumes, links=self, idleTimeout=self.idleTimeout, heartbeat=self.heartbeat,
         )
         p.factory = self
         self.links.add(p)

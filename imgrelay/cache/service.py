@@ -119,7 +119,7 @@ class CacheService(MultiService):
             # The link only calls claim(name) (ISessionClaims) on what it is given.
             self._linkFactory = CacheLinkFactory(
                 claims, reactor.seconds, reactor, config.verbose, config.limits, config.resumeTimeout, self.bound,
-                config.idleTimeout,
+                config.idleTimeout, config.heartbeat,
             )
         if config.tls is None:
             self._link = strports.service(config.listen, self._linkFactory, reactor=reactor)

@@ -24,6 +24,10 @@ from imgrelay.wire.pb import link_pb2
 from imgrelay.proxy.session import ProxySession
 from imgrelay.transport.senders import ISender, SocketSender, TransportSender
 
+#: A link whose cache promised word every heartbeat is dead after this many
+#: heartbeats of silence.
+SILENT_BEATS = 3
+
 
 @implementer(IConnection, IPushProducer)
 class ProxyLinkProtocol(Protocol, TimeoutMixin):
@@ -49,6 +53,7 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         self._framer = cacheMessageFramer()
         self._closed = False
         self._accepted = False
+        self._heartbeat = 0.0
         self._sender: ISender
 
     def connectionMade(self) -> None:
@@ -65,20 +70,37 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         sender = SocketSender.forTransport(transport, reactor, self, self._sendFailed)
         self._sender = sender if sender is not None else TransportSender(transport, self)
         self._sender.send([frame(self.stream.hello())])
+        self._reactor = reactor
         if self._idleTimeout is not None:
-            self.callLater = reactor.callLater  # type: ignore[method-assign]
+            self._timeouts()
             self.setTimeout(self._idleTimeout)
+
+    def _timeouts(self) -> None:
+        # TimeoutMixin's timer runs on our reactor, not the global one.
+        self.callLater = self._reactor.callLater  # type: ignore[method-assign]
 
     def timeoutConnection(self) -> None:
         """
-        The cache did not answer the hello in time (L{TimeoutMixin}).
+        The cache did not answer the hello in time, or, having promised
+        word at least every heartbeat, said nothing for three of them
+        (L{TimeoutMixin}): the link is dead, though no reset said so (a
+        peer gone behind a relay or a firewall that drops everything).
+        Drop it; the session is resumed on a new one.
         """
-        if not self._accepted and not self._closed:
+        if self._closed:
+            return
+        if not self._accepted:
             self.log.warn(
                 "session {session}: the cache did not answer the hello within {timeout:g} s; dropping the connection",
                 session=self.session.name, timeout=self.timeOut,
             )
-            self._abort()
+        else:
+            self.log.warn(
+                "session {session}: no word from the cache for {timeout:g} s (it promised one every {heartbeat:g} s); "
+                "the link is dead, dropping it",
+                session=self.session.name, timeout=SILENT_BEATS * self._heartbeat, heartbeat=self._heartbeat,
+            )
+        self._abort()
 
     def _sendFailed(self, error: Exception) -> None:
         self.log.error("sending to the cache failed: {error}", error=error)
@@ -116,6 +138,7 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         """
         if self._closed:
             return
+        self.resetTimeout()
         try:
             for event in self._framer.feed(data):
                 if isinstance(event, HeaderReceived):
@@ -136,6 +159,10 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
                 session.failed("the cache accepted the session twice")
             else:
                 self._accepted = True
+                self._heartbeat = message.accept.heartbeat
+                if self._heartbeat > 0:
+                    self._timeouts()
+                    self.setTimeout(SILENT_BEATS * self._heartbeat)
                 self.stream.attach(self, message.accept)
         elif not self._accepted and kind not in ("refuse", "failed"):
             session.failed(f"cache sent {kind} before accepting the session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -21,7 +21,7 @@ from imgrelay.cache.interfaces import IOpenLinks, IResumableLink, IResumeTable
 from imgrelay.cache.link import CacheLinkProtocol
 from imgrelay.cache.listener import CacheLinkFactory
 from imgrelay.cache.memory import IBoundReader
-from imgrelay.cache.resume import CacheStream
+from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT, CacheStream
 from imgrelay.core.errors import ProtocolError
 from imgrelay.core.store import SessionState
 from imgrelay.core.slot import SessionSlot
@@ -246,6 +246,85 @@ class WhenIdleTests(SynchronousTestCase):
         self.assertNoResult(idle)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(idle)
+
+    def test_heartbeat(self) -> None:
+        """
+        With a heartbeat, the accept promises it and the link reports how
+        much of the stream it took every heartbeat, however quiet; its timer
+        ends with the link.
+        """
+        clock = Clock()
+        factory = CacheLinkFactory(SessionSlot(clock=clock.seconds), clock.seconds, clock, heartbeat=2.0)
+        protocol, transport = factory.buildProtocol(None), StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(_tokenHello(resume=False))
+
+        def said() -> list[CacheMessage]:
+            messages = [e.message for e in cacheMessageFramer().feed(transport.value()) if isinstance(e, HeaderReceived)]
+            transport.clear()
+            return messages
+
+        (accept,) = said()
+        self.assertEqual(accept.accept.heartbeat, 2.0)
+        clock.advance(1.9)
+        self.assertEqual(said(), [])
+        clock.advance(0.1)
+        self.assertEqual(said(), [CacheMessage(progress=link_pb2.Progress(received=0))])
+        protocol.dataReceived(wholeImage(1, "a.img", b"abc"))
+        said()
+        clock.advance(2)
+        (beat,) = said()
+        self.assertEqual(beat.progress.received, len(wholeImage(1, "a.img", b"abc")))
+        protocol.connectionLost(Failure(ConnectionLost("gone")))
+        # Only the wait for a resume is left to run.
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [clock.seconds() + DEFAULT_RESUME_TIMEOUT])
+
+    def test_confirmedLinkLeftOpen(self) -> None:
+        """
+        A link the proxy leaves open for the idle timeout after the cache
+        confirmed its session is closed by the cache, and the session waits
+        for a resume, should the proxy not have had the answer; a proxy that
+        closes at once leaves nothing to run.
+        """
+        for proxyCloses in (False, True):
+            clock = Clock()
+            factory = CacheLinkFactory(
+                SessionSlot(clock=clock.seconds), clock.seconds, clock, resumeTimeout=7, idleTimeout=5,
+            )
+            protocol, transport = factory.buildProtocol(None), StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(_tokenHello(resume=False) + wholeImage(1, "a.img", b"abc"))
+            protocol.dataReceived(done([("", "a.img", b"abc")]))
+            idle = factory.whenIdle()
+            if proxyCloses:
+                protocol.connectionLost(Failure(ConnectionDone()))
+                self.successResultOf(idle)
+                self.assertEqual(clock.getDelayedCalls(), [])
+                continue
+            clock.advance(4.9)
+            self.assertFalse(transport.disconnecting)
+            clock.advance(0.1)
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(Failure(ConnectionAborted()))
+            self.assertNoResult(idle)
+            clock.advance(7)
+            self.successResultOf(idle)
+
+    def test_noHeartbeat(self) -> None:
+        """
+        Without a heartbeat (the default), the accept promises none and a
+        quiet link says nothing.
+        """
+        clock = Clock()
+        factory = CacheLinkFactory(SessionSlot(clock=clock.seconds), clock.seconds, clock)
+        protocol, transport = factory.buildProtocol(None), StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(_tokenHello(resume=False))
+        (accept,) = [e.message for e in cacheMessageFramer().feed(transport.value()) if isinstance(e, HeaderReceived)]
+        self.assertEqual(accept.accept.heartbeat, 0.0)
+        transport.clear()
+        clock.advance(3600)
+        self.assertEqual(transport.value(), b"")
 
     def test_whenIdleWaitsForResumeAfterConfirmation(self) -> None:
         """

@@ -11,7 +11,8 @@ from crc32c import crc32c
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
@@ -375,6 +376,51 @@ class ProxyLinkFactoryTests(SynchronousTestCase):
         reactor.advance(5)
         self.assertTrue(timed.disconnecting)
         self.assertFalse(untimed.disconnecting)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class HeartbeatTests(SynchronousTestCase):
+    """
+    A cache that promises word every heartbeat (L{link_pb2.Accept.heartbeat})
+    and then says nothing for three of them is taken for dead.
+    """
+
+    def connect(self, heartbeat: float) -> tuple[MemoryReactorClock, ProxyLinkProtocol, StringTransport]:
+        """
+        @return: A link the cache accepted, promising C{heartbeat}.
+        """
+        reactor = MemoryReactorClock()
+        protocol = ProxyLinkFactory(ProxySession("mig", reactor.seconds), reactor).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(CacheMessage(accept=link_pb2.Accept(received=0, heartbeat=heartbeat))))
+        return reactor, protocol, transport
+
+    def test_silenceIsDeath(self) -> None:
+        """
+        Three heartbeats without a word from the cache drop the link (the
+        session waits for another, to resume); every message heard, a
+        heartbeat's progress report among them, starts the count again.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        reactor, protocol, transport = self.connect(2.0)
+        reactor.advance(5.9)
+        protocol.dataReceived(frame(CacheMessage(progress=link_pb2.Progress(received=0))))
+        reactor.advance(5.9)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no word from the cache for 6 s", "".join(formatEvent(e) for e in events))
+        self.assertFalse(protocol.session.over)
+
+    def test_noPromiseNoTimeout(self) -> None:
+        """
+        A cache that promises no heartbeat (an older one) may be quiet for
+        any time.
+        """
+        reactor, protocol, transport = self.connect(0.0)
+        reactor.advance(3600)
+        self.assertFalse(transport.disconnecting)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
 

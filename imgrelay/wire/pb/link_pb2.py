@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imgrelay/link.proto\x12\rimgrelay.link\"_\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\x0c\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\x0e\n\x06window\x18\x05 \x01(\x04\"d\n\tImageOpen\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.imgrelay.link.OpenMode\"#\n\x0cSnapshotPush\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"&\n\x05\x43hunk\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"9\n\nImageClose\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x03 \x01(\x07\">\n\x04\x44one\x12\x0e\n\x06images\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\x0c\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb7\x02\n\x0cProxyMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.imgrelay.link.HelloH\x00\x12(\n\x04open\x18\x02 \x01(\x0b\x32\x18.imgrelay.link.ImageOpenH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.imgrelay.link.ChunkH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.imgrelay.link.ImageCloseH\x00\x12#\n\x04\x64one\x18\x05 \x01(\x0b\x32\x13.imgrelay.link.DoneH\x00\x12%\n\x05\x61\x62ort\x18\x06 \x01(\x0b\x32\x14.imgrelay.link.AbortH\x00\x12/\n\x08snapshot\x18\x07 \x01(\x0b\x32\x1b.imgrelay.link.SnapshotPushH\x00\x42\x06\n\x04kind\"-\n\rImageProgress\x12\r\n\x05image\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"M\n\x06\x41\x63\x63\x65pt\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x31\n\x0bopen_images\x18\x02 \x03(\x0b\x32\x1c.imgrelay.link.ImageProgress\"\x1c\n\x08Progress\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x18\n\x06Refuse\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x08ImageAck\x12\r\n\x05image\x18\x01 \x01(\r\"-\n\x0cImageRefused\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x08\n\x06\x44oneOk\"\x1f\n\rSessionFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xcd\x02\n\x0c\x43\x61\x63heMessage\x12\'\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x15.imgrelay.link.AcceptH\x00\x12\'\n\x06refuse\x18\x02 \x01(\x0b\x32\x15.imgrelay.link.RefuseH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.imgrelay.link.ImageAckH\x00\x12\x34\n\rimage_refused\x18\x04 \x01(\x0b\x32\x1b.imgrelay.link.ImageRefusedH\x00\x12(\n\x07\x64one_ok\x18\x05 \x01(\x0b\x32\x15.imgrelay.link.DoneOkH\x00\x12.\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x1c.imgrelay.link.SessionFailedH\x00\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x17.imgrelay.link.ProgressH\x00\x42\x06\n\x04kind*/\n\x08OpenMode\x12\n\n\x06\x43REATE\x10\x00\x12\x0b\n\x07REPLACE\x10\x01\x12\n\n\x06\x41PPEND\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imgrelay/link.proto\x12\rimgrelay.link\"_\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\x0c\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\x0e\n\x06window\x18\x05 \x01(\x04\"d\n\tImageOpen\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.imgrelay.link.OpenMode\"#\n\x0cSnapshotPush\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"&\n\x05\x43hunk\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"9\n\nImageClose\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x03 \x01(\x07\">\n\x04\x44one\x12\x0e\n\x06images\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\x0c\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb7\x02\n\x0cProxyMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.imgrelay.link.HelloH\x00\x12(\n\x04open\x18\x02 \x01(\x0b\x32\x18.imgrelay.link.ImageOpenH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.imgrelay.link.ChunkH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.imgrelay.link.ImageCloseH\x00\x12#\n\x04\x64one\x18\x05 \x01(\x0b\x32\x13.imgrelay.link.DoneH\x00\x12%\n\x05\x61\x62ort\x18\x06 \x01(\x0b\x32\x14.imgrelay.link.AbortH\x00\x12/\n\x08snapshot\x18\x07 \x01(\x0b\x32\x1b.imgrelay.link.SnapshotPushH\x00\x42\x06\n\x04kind\"-\n\rImageProgress\x12\r\n\x05image\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"`\n\x06\x41\x63\x63\x65pt\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x31\n\x0bopen_images\x18\x02 \x03(\x0b\x32\x1c.imgrelay.link.ImageProgress\x12\x11\n\theartbeat\x18\x03 \x01(\x01\"\x1c\n\x08Progress\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x18\n\x06Refuse\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x08ImageAck\x12\r\n\x05image\x18\x01 \x01(\r\"-\n\x0cImageRefused\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x08\n\x06\x44oneOk\"\x1f\n\rSessionFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xcd\x02\n\x0c\x43\x61\x63heMessage\x12\'\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x15.imgrelay.link.AcceptH\x00\x12\'\n\x06refuse\x18\x02 \x01(\x0b\x32\x15.imgrelay.link.RefuseH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.imgrelay.link.ImageAckH\x00\x12\x34\n\rimage_refused\x18\x04 \x01(\x0b\x32\x1b.imgrelay.link.ImageRefusedH\x00\x12(\n\x07\x64one_ok\x18\x05 \x01(\x0b\x32\x15.imgrelay.link.DoneOkH\x00\x12.\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x1c.imgrelay.link.SessionFailedH\x00\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x17.imgrelay.link.ProgressH\x00\x42\x06\n\x04kind*/\n\x08OpenMode\x12\n\n\x06\x43REATE\x10\x00\x12\x0b\n\x07REPLACE\x10\x01\x12\n\n\x06\x41PPEND\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgrelay.link_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENMODE']._serialized_start=1411
-  _globals['_OPENMODE']._serialized_end=1458
+  _globals['_OPENMODE']._serialized_start=1430
+  _globals['_OPENMODE']._serialized_end=1477
   _globals['_HELLO']._serialized_start=38
   _globals['_HELLO']._serialized_end=133
   _globals['_IMAGEOPEN']._serialized_start=135
@@ -52,19 +52,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEPROGRESS']._serialized_start=776
   _globals['_IMAGEPROGRESS']._serialized_end=821
   _globals['_ACCEPT']._serialized_start=823
-  _globals['_ACCEPT']._serialized_end=900
-  _globals['_PROGRESS']._serialized_start=902
-  _globals['_PROGRESS']._serialized_end=930
-  _globals['_REFUSE']._serialized_start=932
-  _globals['_REFUSE']._serialized_end=956
-  _globals['_IMAGEACK']._serialized_start=958
-  _globals['_IMAGEACK']._serialized_end=983
-  _globals['_IMAGEREFUSED']._serialized_start=985
-  _globals['_IMAGEREFUSED']._serialized_end=1030
-  _globals['_DONEOK']._serialized_start=1032
-  _globals['_DONEOK']._serialized_end=1040
-  _globals['_SESSIONFAILED']._serialized_start=1042
-  _globals['_SESSIONFAILED']._serialized_end=1073
-  _globals['_CACHEMESSAGE']._serialized_start=1076
-  _globals['_CACHEMESSAGE']._serialized_end=1409
+  _globals['_ACCEPT']._serialized_end=919
+  _globals['_PROGRESS']._serialized_start=921
+  _globals['_PROGRESS']._serialized_end=949
+  _globals['_REFUSE']._serialized_start=951
+  _globals['_REFUSE']._serialized_end=975
+  _globals['_IMAGEACK']._serialized_start=977
+  _globals['_IMAGEACK']._serialized_end=1002
+  _globals['_IMAGEREFUSED']._serialized_start=1004
+  _globals['_IMAGEREFUSED']._serialized_end=1049
+  _globals['_DONEOK']._serialized_start=1051
+  _globals['_DONEOK']._serialized_end=1059
+  _globals['_SESSIONFAILED']._serialized_start=1061
+  _globals['_SESSIONFAILED']._serialized_end=1092
+  _globals['_CACHEMESSAGE']._serialized_start=1095
+  _globals['_CACHEMESSAGE']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

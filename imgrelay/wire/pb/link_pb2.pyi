@@ -109,12 +109,14 @@ class ImageProgress(_message.Message):
     def __init__(self, image: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Accept(_message.Message):
-    __slots__ = ("received", "open_images")
+    __slots__ = ("received", "open_images", "heartbeat")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     OPEN_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     received: int
     open_images: _containers.RepeatedCompositeFieldContainer[ImageProgress]
-    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ...) -> None: ...
+    heartbeat: float
+    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ..., heartbeat: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("received",)
