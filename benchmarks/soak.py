@@ -1,8 +1,9 @@
 """
 C{python -m benchmarks.soak [--runs N] [--seed S] [--bound SECONDS]}: N
 migrations through the real daemons (C{--oneshot}), each with one fault
-drawn at random (a link reset, or SIGKILL of the proxy, the cache or CRIU's
-dump, at a random point of the link: L{imgrelay.testing.faults.CELLS}), and
+drawn at random (a link reset, a link silently dead, or SIGKILL of the
+proxy, the cache or CRIU's dump, at a random point of the link:
+L{imgrelay.testing.faults.CELLS}), and
 a count of how they ended:
 
   - completed: the restore read every image, byte for byte, and each
@@ -78,19 +79,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"soak: {args.runs} faulted migrations, seed {seed}", flush=True)
     started = time.monotonic()
     for run in range(1, args.runs + 1):
-        point, victim = rng.choice(CELLS)
+        point, fault = rng.choice(CELLS)
         base = tempfile.mkdtemp(prefix="imgrelay-soak-")
         try:
-            outcome = migrate(base, point, victim, bound=args.bound)
+            outcome = migrate(base, point, fault, bound=args.bound)
         finally:
             shutil.rmtree(base, ignore_errors=True)
         result = verdict(outcome)
         counts[result] += 1
-        fault = f"{'reset' if victim is None else 'kill ' + victim} at {point}"
-        faults[fault] += 1
+        where = f"{fault} at {point}"
+        faults[where] += 1
         struck = "" if outcome.struck else " (the link ended before the point: no fault)"
         print(
-            f"run {run:>4}: {fault:<36} {result:<14} proxy {outcome.proxy}, cache {outcome.cache}, "
+            f"run {run:>4}: {where:<36} {result:<14} proxy {outcome.proxy}, cache {outcome.cache}, "
             f"dump {outcome.dumper}, {outcome.seconds:5.1f} s{struck}",
             flush=True,
         )
