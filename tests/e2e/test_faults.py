@@ -20,8 +20,7 @@ from typing import Callable, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay.testing.faultrelay import POINTS
-from imgrelay.testing.faults import Outcome, migrate
+from imgrelay.testing.faults import CELLS, Outcome, migrate
 
 
 class FaultMatrixTests(SynchronousTestCase):
@@ -56,110 +55,68 @@ class FaultMatrixTests(SynchronousTestCase):
         self.assertIn("failed", log)
 
 
-def _resetCell(point: str) -> Callable[[FaultMatrixTests], None]:
+#: The points at which the dump has ended and the cache has verified every
+#: image: the proxy's done has gone out.
+_DUMP_OVER = ("final-handshake", "after-confirmation")
+
+
+def _cell(point: str, fault: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
-        outcome = self.migrate(point, "reset")
-        self.assertEqual((outcome.dumper, outcome.proxy, outcome.cache), (0, 0, 0), self.logsOf(outcome))
-        self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
-
-    test.__doc__ = f"""
-        A reset of the link at {point} is resumed: the migration completes,
-        byte for byte, and every process exits 0.
-        """
-    return test
-
-
-def _blackholeCell(point: str) -> Callable[[FaultMatrixTests], None]:
-    def test(self: FaultMatrixTests) -> None:
-        outcome = self.migrate(point, "blackhole")
-        self.assertEqual((outcome.dumper, outcome.proxy, outcome.cache), (0, 0, 0), self.logsOf(outcome))
-        self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
-
-    test.__doc__ = f"""
-        The link goes silently dead at {point}: nothing more crosses it, and
-        neither end is told (a relay whose far side vanished). The proxy,
-        hearing no heartbeat from the cache, drops it and resumes on a new
-        link (the cache drops the old one); the migration completes, byte
-        for byte, and every process exits 0.
-        """
-    return test
-
-
-def _killProxyCell(point: str) -> Callable[[FaultMatrixTests], None]:
-    def test(self: FaultMatrixTests) -> None:
-        outcome = self.migrate(point, "kill-proxy")
-        self.assertEqual(outcome.proxy, -signal.SIGKILL)
-        if point == "final-handshake":
-            # The dump had ended, and the cache had verified everything and
-            # confirmed it: only the answer was lost with the proxy.
-            self.assertEqual(outcome.dumper, 0)
-            self.assertEqual(outcome.cache, 0, self.logsOf(outcome))
+        outcome = self.migrate(point, fault)
+        dumpOver = point in _DUMP_OVER
+        if fault in ("reset", "blackhole"):
+            self.assertEqual((outcome.dumper, outcome.proxy, outcome.cache), (0, 0, 0), self.logsOf(outcome))
             self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
+        elif fault == "kill-proxy":
+            self.assertEqual(outcome.proxy, -signal.SIGKILL)
+            if dumpOver:
+                # The cache had verified everything and confirmed it: only
+                # the answer was lost with the proxy.
+                self.assertEqual((outcome.dumper, outcome.cache), (0, 0), self.logsOf(outcome))
+                self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
+            else:
+                self.assertNotEqual(outcome.dumper, 0)
+                self.assertFailedLoudly(outcome.cache, outcome.logs[1])
+                self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
+        elif fault == "kill-cache":
+            self.assertEqual(outcome.cache, -signal.SIGKILL)
+            if dumpOver:
+                # The cache died with its confirmation on the way or sent:
+                # the proxy has it. The restore may have read every image.
+                self.assertEqual((outcome.dumper, outcome.proxy), (0, 0), self.logsOf(outcome))
+            else:
+                self.assertNotEqual(outcome.dumper, 0)
+                self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
+                self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
         else:
-            self.assertNotEqual(outcome.dumper, 0)
-            self.assertFailedLoudly(outcome.cache, outcome.logs[1])
-            self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
+            if dumpOver:
+                # The dump had ended (its process may still have been on
+                # its way out when killed): the migration completes.
+                self.assertEqual((outcome.proxy, outcome.cache), (0, 0), self.logsOf(outcome))
+                self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
+            else:
+                self.assertEqual(outcome.dumper, -signal.SIGKILL)
+                self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
+                self.assertFailedLoudly(outcome.cache, outcome.logs[1])
+                self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
 
+    what = {
+        "reset": "a reset of the link",
+        "blackhole": "the link going silently dead (nothing more crosses it, neither end is told)",
+        "kill-proxy": "the proxy killed",
+        "kill-cache": "the cache killed",
+        "kill-dumper": "CRIU's dump killed",
+    }[fault]
     test.__doc__ = f"""
-        The proxy killed at {point}: the dump fails; the cache gives the
-        session up after its resume timeout and exits 1, and the restore
-        gets no partial image (at the final handshake the dump had ended
-        and the cache had confirmed every image: it serves them all and
-        exits 0).
+        At {point}, {what}: a reset or a dead link is resumed and the
+        migration completes byte for byte, every process exiting 0; a kill
+        before the dump's end fails the session on each side that lives,
+        loudly and with status 1, the restore getting no wrong image; a kill
+        after it leaves the confirmed migration complete.
         """
     return test
 
 
-def _killCacheCell(point: str) -> Callable[[FaultMatrixTests], None]:
-    def test(self: FaultMatrixTests) -> None:
-        outcome = self.migrate(point, "kill-cache")
-        self.assertEqual(outcome.cache, -signal.SIGKILL)
-        if point == "final-handshake":
-            # The cache died with its confirmation on the way: the proxy
-            # has it; the restore may have read every image, each verified
-            # before the proxy's done.
-            self.assertEqual((outcome.dumper, outcome.proxy), (0, 0), outcome.logs[0][-2000:])
-        else:
-            self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
-            self.assertNotEqual(outcome.dumper, 0)
-            self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
-
-    test.__doc__ = f"""
-        The cache killed at {point}: the proxy gives the session up after
-        its reconnect timeout and exits 1, and the dump and the restore
-        fail; killed with its confirmation on the way (at the final
-        handshake), the proxy has it and exits 0.
-        """
-    return test
-
-
-def _killDumperCell(point: str) -> Callable[[FaultMatrixTests], None]:
-    def test(self: FaultMatrixTests) -> None:
-        outcome = self.migrate(point, "kill-dumper")
-        self.assertEqual(outcome.dumper, -signal.SIGKILL)
-        self.assertFailedLoudly(outcome.proxy, outcome.logs[0])
-        self.assertFailedLoudly(outcome.cache, outcome.logs[1])
-        self.assertFalse(outcome.restoredWhole, outcome.restoreSummary())
-
-    test.__doc__ = f"""
-        CRIU's dump killed at {point}: the dump stream ends without its
-        inventory, both daemons give the session up and exit 1, and the
-        restore gets no partial image.
-        """
-    return test
-
-
-def _testName(prefix: str, point: str) -> str:
-    return prefix + "".join(part.title() for part in point.split("-"))
-
-
-for _point in POINTS:
-    setattr(FaultMatrixTests, _testName("test_reset", _point), _resetCell(_point))
-for _point in POINTS:
-    setattr(FaultMatrixTests, _testName("test_blackhole", _point), _blackholeCell(_point))
-for _point in ("mid-chunk", "before-ack", "final-handshake"):
-    setattr(FaultMatrixTests, _testName("test_killProxy", _point), _killProxyCell(_point))
-for _point in ("mid-hello", "mid-chunk", "before-ack", "final-handshake"):
-    setattr(FaultMatrixTests, _testName("test_killCache", _point), _killCacheCell(_point))
-for _point in ("mid-chunk", "before-ack"):
-    setattr(FaultMatrixTests, _testName("test_killDumper", _point), _killDumperCell(_point))
+for _point, _fault in CELLS:
+    _name = "test_" + "".join(part.title() for part in f"{_fault}-{_point}".split("-"))
+    setattr(FaultMatrixTests, _name[:5] + _name[5].lower() + _name[6:], _cell(_point, _fault))
