@@ -7,7 +7,7 @@ L{tests.scenarios.test_fuzz}).
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from twisted.internet import main
 from twisted.internet.defer import Deferred, succeed
@@ -16,31 +16,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from imgrelay.core.interfaces import IImageSink, IOutgoingImage, IReadBuffers
+from imgrelay.core.interfaces import IImageSink, IReadBuffers
 from imgrelay.core.limits import Limits
 from imgrelay.local.streamcapture import StreamCaptureProtocol
 from imgrelay.wire.criu import FD_BYTE, frame
 from imgrelay.wire.pb import criu_pb2
-from tests.local.test_remote import RecordingBuffers
-
-
-@implementer(IOutgoingImage)
-class _Image:
-    def __init__(self, name: str, ring: Optional[IReadBuffers]) -> None:
-        self.name = name
-        self.ring = ring
-        self.data = b""
-        self.closed = False
-        self.producer: Any = None
-
-    def attachProducer(self, producer: object) -> None:
-        self.producer = producer
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
+from tests.local.test_remote import FakeImage, RecordingBuffers
 
 
 @implementer(IImageSink)
@@ -55,11 +36,13 @@ class _Sink:
         self.ready: Deferred[None] = succeed(None)
         self.result: Deferred[None] = Deferred()
         self.ring = ring
-        self.images: list[_Image] = []
+        self.images: list[FakeImage] = []
 
-    def openImage(self, snapshotId: str, name: str, mode: int = 0) -> _Image:
-        self.images.append(_Image(name, self.ring))
-        return self.images[-1]
+    def openImage(self, snapshotId: str, name: str, mode: int = 0) -> FakeImage:
+        image = FakeImage(name)
+        image.ring = self.ring
+        self.images.append(image)
+        return image
 
     def pushSnapshot(self, snapshotId: str) -> None:
         pass
