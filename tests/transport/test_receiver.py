@@ -4,8 +4,12 @@ Tests for L{imgrelay.transport.receiver}, on real TCP connections on 127.0.0.1.
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
+import struct
+import termios
+import time
 from typing import Optional
 
 from twisted.internet import reactor
@@ -76,6 +80,28 @@ def readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(timeout * 1000))
+
+
+def queued(sock: socket.socket) -> int:
+    """
+    @return: How many bytes wait unread in C{sock}'s receive queue.
+    """
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+def waitQueued(sock: socket.socket, n: int, timeout: float = 10) -> None:
+    """
+    Wait until C{n} bytes wait unread in C{sock}'s receive queue, which
+    C{poll} does not tell while the low-water mark is above C{n}.
+
+    @param timeout: Only a bound for a broken run: on 127.0.0.1 the bytes
+        are there once the peer's C{sendall} returned.
+    """
+    deadline = time.monotonic() + timeout
+    while queued(sock) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {queued(sock)} of {n} bytes arrived in {timeout} s")
+        time.sleep(0.001)
 
 
 def lowWater(sock: socket.socket) -> int:
@@ -188,7 +214,10 @@ class SocketReceiverTests(TestCase):
         size = LOW_WATER_MIN * 4
         payload, receiver = self.startedPayload(size)
         self.theirs.sendall(b"y" * 1000)
-        self.assertFalse(readable(self.ours, 0.05))
+        # The part has arrived, and still does not wake the reader.
+        waitQueued(self.ours, 1000)
+        self.assertEqual(queued(self.ours), 1000)
+        self.assertFalse(readable(self.ours, 0))
         self.theirs.sendall(b"z" * (size - 1100))
         self.assertTrue(readable(self.ours, 10))
         receiver.doRead()
