@@ -204,19 +204,26 @@ class ParseSizeTests(SynchronousTestCase):
 
 class MemoryBoundIntegrationTests(TestCase):
     """
-    Three proxies send three sessions at once into one cache with a memory
-    bound smaller than their sum, over real TCP on 127.0.0.1, each restored
-    over its own directory's socket as it arrives.
+    Three proxies send three sessions into one cache with a memory bound
+    smaller than their sum, over real TCP on 127.0.0.1, each restored over
+    its own directory's socket.
     """
 
     timeout = 60
 
     async def test_threeSessions(self) -> None:
         """
-        The cache never holds much more than its bound (a read in flight per
-        link), holds its links while a restore reads (a slow reader makes
-        the cache stop reading instead of buffering), and every session
+        A session that completed is held until a restore reads it; two more
+        sent at once meanwhile fill the cache up to its bound, where it
+        stops reading their links instead of buffering, never holding much
+        more than the bound (a read in flight per link). Once the restores
+        read, memory is freed, the links are read again, and every session
         completes byte for byte.
+
+        The first session completes before the others start: with three at
+        once, whether the oldest can still complete past three quarters of
+        the bound, or the newest is dropped (L{MemoryBound}), depends on
+        how the reactor happened to share its reads among them.
         """
         root = tempfile.mkdtemp(prefix="imgrelay-memory-")
         bound = 20 << 20
@@ -230,10 +237,43 @@ class MemoryBoundIntegrationTests(TestCase):
             f"mig-{i}": {"pages-1.img": traces.patternBytes(f"pages-{i}", 8 << 20), "core-1.img": os.urandom(3000 + i)}
             for i in range(3)
         }
-        restored: dict[str, Deferred[dict[str, Optional[bytes]]]] = {}
 
-        def restore(session: Session) -> None:
-            name = session.name or ""
+        reached: Deferred[None] = Deferred()
+        seen: list[LogEvent] = []
+
+        def boundReached(event: LogEvent) -> None:
+            if not seen and str(event.get("log_format", "")).startswith("memory bound reached"):
+                seen.append(event)
+                # On the reactor's next turn: once the bound held every link.
+                reactor.callLater(0, reached.callback, None)
+
+        globalLogPublisher.addObserver(boundReached)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, boundReached)  # type: ignore[arg-type]
+
+        def send(name: str) -> tuple[Deferred[None], Deferred[Any]]:
+            """
+            Start a proxy and dump session C{name} through it.
+
+            @return: The dump's end, and the proxy's outcome.
+            """
+            dumpDir = tempfile.mkdtemp(prefix="imgrelay-memory-dump-")
+            proxy = imgrelay.ProxyService(
+                imgrelay.ProxyConfig(imagesDir=dumpDir, connect=f"tcp:host=127.0.0.1:port={port}", sessionName=name), reactor
+            )
+            over: Deferred[Any] = Deferred()
+            proxy.addSessionObserver(over.callback)
+            proxy.startService()
+            self.addCleanup(proxy.stopService)
+
+            def dump() -> None:
+                d = criu.StreamDumper(os.path.join(dumpDir, "streamer-capture.sock"))
+                for image, content in sorted(contents[name].items()):
+                    d.send(image, content)
+                d.finish()
+
+            return deferToThread(dump), over
+
+        def restore(name: str) -> Deferred[dict[str, Optional[bytes]]]:
             path = os.path.join(root, name, "streamer-serve.sock")
 
             def run() -> dict[str, Optional[bytes]]:
@@ -243,39 +283,31 @@ class MemoryBoundIntegrationTests(TestCase):
                 finally:
                     r.close()
 
-            restored[name] = deferToThread(run)
+            return deferToThread(run)
 
-        assert cache.registry is not None
-        cache.registry.addClaimObserver(lambda s: reactor.callLater(0, restore, s))
-        outcomes: list[Deferred[Any]] = []
-        dumps = []
-        for name, images in contents.items():
-            dumpDir = tempfile.mkdtemp(prefix="imgrelay-memory-dump-")
-            proxy = imgrelay.ProxyService(
-                imgrelay.ProxyConfig(imagesDir=dumpDir, connect=f"tcp:host=127.0.0.1:port={port}", sessionName=name), reactor
-            )
-            over: Deferred[Any] = Deferred()
-            proxy.addSessionObserver(over.callback)
-            outcomes.append(over)
-            proxy.startService()
-            self.addCleanup(proxy.stopService)
-
-            def dump(dumpDir: str = dumpDir, images: dict[str, bytes] = images) -> None:
-                d = criu.StreamDumper(os.path.join(dumpDir, "streamer-capture.sock"))
-                for image, content in sorted(images.items()):
-                    d.send(image, content)
-                d.finish()
-
-            dumps.append(deferToThread(dump))
-        for d in dumps:
-            await d
-        for outcome in outcomes:
-            self.assertIsInstance(await outcome, imgrelay.SessionOutcome)
+        first = send("mig-0")
+        await first[0]
+        outcome = await first[1]
+        self.assertIsInstance(outcome, imgrelay.SessionOutcome)
+        # Complete and not restored yet: all of it is held.
+        self.assertEqual(cache.bound.held, outcome.bytes)
+        # Two more at once: with the first held, they reach the bound (the
+        # older of them may complete first; both cannot).
+        others = [send(name) for name in ("mig-1", "mig-2")]
+        await reached
+        self.assertTrue(cache.bound.paused)
+        self.assertGreaterEqual(cache.bound.peak, bound)
+        self.assertFalse(all(over.called for _, over in others))
+        # The restores read, the first's ends and frees its memory: the
+        # links are read again.
+        restored = {name: restore(name) for name in contents}
+        for dumped, over in others:
+            await dumped
+            self.assertIsInstance(await over, imgrelay.SessionOutcome)
         for name, images in contents.items():
             self.assertEqual(await restored[name], images)
         # Bytes in flight when the bound was reached: a receive per link.
         self.assertLessEqual(cache.bound.peak, bound + 3 * (1 << 20))
-        self.assertGreaterEqual(cache.bound.peak, bound)
 
 
 class LinkRegistrationTests(SynchronousTestCase):
