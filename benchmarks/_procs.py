@@ -100,7 +100,7 @@ class MeasuredProcess:
 
     def waitFor(self, path: Optional[str] = None, port: Optional[int] = None, timeout: float = 30) -> None:
         """
-        Wait until a socket file exists or a TCP port accepts.
+        Wait until a UNIX socket listens at C{path} or a TCP port accepts.
 
         @raise RuntimeError: If it exited or the time ran out.
         """

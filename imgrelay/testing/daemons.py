@@ -27,12 +27,34 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
+#: A listening socket's flag in C{/proc/net/unix} (C{__SO_ACCEPTCON}).
+_ACCEPTING = 0x10000
+
+
+def unixListening(path: str) -> bool:
+    """
+    Whether a UNIX socket listens at C{path}, without connecting to it (a
+    connection to a daemon's CRIU socket would be a dump or a restore).
+
+    The socket file alone says less: Twisted binds (which makes the file),
+    sets its mode, and only then listens; a client connecting in between
+    is refused.
+    """
+    with open("/proc/net/unix", "rb") as f:
+        next(f)
+        for line in f:
+            fields = line.rstrip(b"\n").split(None, 7)
+            if len(fields) == 8 and fields[7] == os.fsencode(path) and int(fields[3], 16) & _ACCEPTING:
+                return True
+    return False
+
+
 def waitReady(
     exited: Callable[[], Optional[int]], log: Callable[[], str], path: Optional[str] = None,
     port: Optional[int] = None, timeout: float = 30,
 ) -> None:
     """
-    Wait until a daemon's socket file exists or its TCP port accepts.
+    Wait until a daemon's UNIX socket listens or its TCP port accepts.
 
     @param exited: Its exit status if it exited, else None.
     @param log: What it printed, for the error.
@@ -43,7 +65,7 @@ def waitReady(
         status = exited()
         if status is not None:
             raise RuntimeError(f"daemon exited with {status}:\n{log()}")
-        if path is not None and os.path.exists(path):
+        if path is not None and unixListening(path):
             return
         if port is not None:
             try:
@@ -87,7 +109,7 @@ class Daemon:
 
     def waitFor(self, path: Optional[str] = None, port: Optional[int] = None, timeout: float = 30) -> None:
         """
-        Wait until a socket file exists or a TCP port accepts.
+        Wait until a UNIX socket listens at C{path} or a TCP port accepts.
 
         @raise RuntimeError: If the daemon exited or the time ran out.
         """

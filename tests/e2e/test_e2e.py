@@ -19,7 +19,7 @@ from typing import Any, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgrelay.testing import criu, traces
-from imgrelay.testing.daemons import Daemon, freePort
+from imgrelay.testing.daemons import Daemon, freePort, unixListening
 
 
 class _DaemonCase(SynchronousTestCase):
@@ -405,6 +405,31 @@ class SessionsRootEndToEndTests(SynchronousTestCase):
                 self.assertEqual(restored, {**images, **{n: None for n in other}})
         cache.stop()
         self.assertEqual(os.listdir(root), [], cache.log())
+
+
+class ReadinessTests(SynchronousTestCase):
+    """
+    L{Daemon.waitFor} waits for a UNIX socket that listens, not for its
+    file.
+    """
+
+    def test_unixListening(self) -> None:
+        """
+        A socket bound but not yet listening (Twisted sets the mode and
+        listens after the bind made the file) is not ready: a client would
+        be refused. It is once it listens, and no longer once closed.
+        """
+        path = os.path.join(tempfile.mkdtemp(prefix="imgrelay-e2e-"), "x.sock")
+        self.assertFalse(unixListening(path))
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(path)
+            self.assertTrue(os.path.exists(path))
+            self.assertFalse(unixListening(path))
+            with socket.socket(socket.AF_UNIX) as client:
+                self.assertRaises(ConnectionRefusedError, client.connect, path)
+            s.listen(1)
+            self.assertTrue(unixListening(path))
+        self.assertFalse(unixListening(path))
 
 
 class LazyImportTests(SynchronousTestCase):
