@@ -73,6 +73,7 @@ class MemoryBound:
         self.held = 0
         self.peak = 0
         self._charged: dict[Session, int] = {}
+        self._watched: set[Session] = set()
         self._readers: set[IBoundReader] = set()
         self._paused: set[IBoundReader] = set()
         self._state = "open"
@@ -96,6 +97,9 @@ class MemoryBound:
         A link opened; held at once if the bound says so.
         """
         self._readers.add(reader)
+        session = reader.carries()
+        if session is not None:
+            self._watch(session)
         self._update()
 
     def removeReader(self, reader: IBoundReader) -> None:
@@ -111,7 +115,7 @@ class MemoryBound:
         """
         if session not in self._charged:
             self._charged[session] = 0
-            session.addFinalObserver(self._final)
+            self._watch(session)
         self._charged[session] += n
         self.held += n
         if self.held > self.peak:
@@ -121,7 +125,16 @@ class MemoryBound:
         if self._stateFor(self.held) != self._state:
             self._update()
 
+    def _watch(self, session: Session) -> None:
+        """
+        Update the bound when C{session} completes or fails.
+        """
+        if session not in self._watched and not session.final:
+            self._watched.add(session)
+            session.addFinalObserver(self._final)
+
     def _final(self, session: Session) -> None:
+        self._watched.discard(session)
         if session.state is SessionState.FAILED:
             self.free(session)
         else:
@@ -137,7 +150,10 @@ class MemoryBound:
         self._update()
 
     def _oldestInProgress(self) -> Optional[Session]:
-        inProgress = [s for s in self._charged if not s.final]
+        # Sessions whose bytes are counted, and those whose links were held
+        # before any byte of theirs was: they are in progress too.
+        carried = (r.carries() for r in self._readers)
+        inProgress = [s for s in {*self._charged, *carried} if s is not None and not s.final]
         return min(inProgress, key=lambda s: (s.started or 0.0, id(s))) if inProgress else None
 
     def _stateFor(self, held: int) -> str:

@@ -137,6 +137,22 @@ class MemoryBoundTests(SynchronousTestCase):
         first.complete()
         self.assertEqual([r.calls for r in readers], [["pause"], ["pause", "resume"]])
 
+    def test_handsOnToSessionWithNothingCounted(self) -> None:
+        """
+        A session whose link was held before any of its bytes were counted
+        is still in progress: once the oldest completes, its link is the one
+        read, rather than no link at all while memory is left.
+        """
+        first, second = session("first", 1), session("second", 2)
+        readers = [FakeReader(first), FakeReader(second)]
+        for r in readers:
+            self.bound.addReader(r)
+        self.bound.charge(first, 80)
+        self.assertEqual([r.calls for r in readers], [[], ["pause"]])
+        first.complete()
+        self.assertEqual([r.calls for r in readers], [["pause"], ["pause", "resume"]])
+        self.assertEqual((self.bound.held, second.state), (80, SessionState.RECEIVING))
+
     def test_failedSessionFreed(self) -> None:
         """
         A session that fails frees its bytes at once.
