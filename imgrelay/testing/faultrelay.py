@@ -48,13 +48,15 @@ class FaultRelay:
     first connection, when the link reaches C{point}, calls C{strike} (by
     default: reset both sides; with C{blackhole}, forward nothing more
     either way and close nothing, as a dead network or a relay whose far
-    side vanished does) and relays the later connections as they are.
+    side vanished does; with C{halfOpen}, close the proxy's side only) and
+    relays the later connections as they are.
 
     @ivar struck: Set once the fault struck.
     """
 
     def __init__(
         self, target: int, point: str, strike: Optional[Callable[[], None]] = None, blackhole: bool = False,
+        halfOpen: bool = False,
     ) -> None:
         """
         @param target: The cache's port on 127.0.0.1.
@@ -63,12 +65,16 @@ class FaultRelay:
             what follows it; None to reset the link.
         @param blackhole: At the point, hold the link silently open
             instead (both its sockets stay open until L{stop}).
+        @param halfOpen: At the point, close the proxy's side only: the
+            cache's stays open until L{stop}, never told, as behind a
+            middlebox that lost one side of a connection.
         """
         assert point in POINTS, point
         self.target = target
         self.point = point
         self.strike = strike
         self.blackhole = blackhole
+        self.halfOpen = halfOpen
         self.struck = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -198,6 +204,10 @@ class FaultRelay:
         self.struck.set()
         if self.blackhole:
             # Read nothing more, send nothing more, close nothing.
+            return "reset"
+        if self.halfOpen:
+            # The proxy sees its link end; the cache is never told.
+            client.close()
             return "reset"
         if self.strike is None:
             _reset(client)

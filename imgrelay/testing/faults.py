@@ -24,8 +24,9 @@ from imgrelay.testing.faultrelay import POINTS, FaultRelay
 
 
 #: The faults: the link reset, the link silently dead (it forwards nothing
-#: more and is never closed), or a process killed with SIGKILL.
-FAULTS = ("reset", "blackhole", "kill-proxy", "kill-cache", "kill-dumper")
+#: more and is never closed), the link closed on the proxy's side only (the
+#: cache's side left open, never told), or a process killed with SIGKILL.
+FAULTS = ("reset", "blackhole", "half-open", "kill-proxy", "kill-cache", "kill-dumper")
 
 #: Every (point, fault) pair but the proxy killed before the cache had its
 #: hello: the cache never heard of that migration, and goes on waiting for
@@ -163,7 +164,10 @@ def migrate(
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
 
-    relay = FaultRelay(port, point, strike if victim is not None else None, blackhole=fault == "blackhole")
+    relay = FaultRelay(
+        port, point, strike if victim is not None else None, blackhole=fault == "blackhole",
+        halfOpen=fault == "half-open",
+    )
     cache = Daemon(
         "imgrelay-cache",
         ["--listen", f"tcp:{port}:interface=127.0.0.1", "--images-dir", restoreDir, "--oneshot",

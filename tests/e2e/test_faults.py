@@ -64,7 +64,7 @@ def _cell(point: str, fault: str) -> Callable[[FaultMatrixTests], None]:
     def test(self: FaultMatrixTests) -> None:
         outcome = self.migrate(point, fault)
         dumpOver = point in _DUMP_OVER
-        if fault in ("reset", "blackhole"):
+        if fault in ("reset", "blackhole", "half-open"):
             self.assertEqual((outcome.dumper, outcome.proxy, outcome.cache), (0, 0, 0), self.logsOf(outcome))
             self.assertTrue(outcome.restoredWhole, outcome.restoreSummary())
         elif fault == "kill-proxy":
@@ -103,12 +103,13 @@ def _cell(point: str, fault: str) -> Callable[[FaultMatrixTests], None]:
     what = {
         "reset": "a reset of the link",
         "blackhole": "the link going silently dead (nothing more crosses it, neither end is told)",
+        "half-open": "the link closed on the proxy's side only (the cache's left open, never told)",
         "kill-proxy": "the proxy killed",
         "kill-cache": "the cache killed",
         "kill-dumper": "CRIU's dump killed",
     }[fault]
     test.__doc__ = f"""
-        At {point}, {what}: a reset or a dead link is resumed and the
+        At {point}, {what}: a reset or a dead or half-open link is resumed and the
         migration completes byte for byte, every process exiting 0; a kill
         before the dump's end fails the session on each side that lives,
         loudly and with status 1, the restore getting no wrong image; a kill
