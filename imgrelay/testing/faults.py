@@ -127,6 +127,7 @@ class Outcome:
 
 def migrate(
     base: str, point: str, fault: str, bound: float = 60, giveUp: float = 3, heartbeat: float = 0.5,
+    idle: float = 1.5,
 ) -> Outcome:
     """
     Migrate L{dumpclient.images} through C{twistd imgrelay-proxy --oneshot}
@@ -137,8 +138,10 @@ def migrate(
 
     @param base: An empty directory for the images directories and logs.
     @param giveUp: The daemons' C{--resume-timeout} and
-        C{--reconnect-timeout}, in seconds; their C{--idle-timeout} is half
-        of it, so that a hello lost to a dead link is tried again in time.
+        C{--reconnect-timeout}, in seconds.
+    @param idle: The daemons' C{--idle-timeout}, in seconds: under
+        C{giveUp}, so that a hello lost to a dead link is tried again in
+        time.
     @param heartbeat: The cache's C{--heartbeat}, in seconds.
     @param bound: Seconds each process may take to end.
     @return: How it ended. Nothing of it runs any more.
@@ -171,13 +174,13 @@ def migrate(
     cache = Daemon(
         "imgrelay-cache",
         ["--listen", f"tcp:{port}:interface=127.0.0.1", "--images-dir", restoreDir, "--oneshot",
-         "--resume-timeout", str(giveUp), "--heartbeat", str(heartbeat), "--idle-timeout", str(giveUp / 2)],
+         "--resume-timeout", str(giveUp), "--heartbeat", str(heartbeat), "--idle-timeout", str(idle)],
         os.path.join(base, "cache.log"),
     )
     proxy = Daemon(
         "imgrelay-proxy",
         ["--connect", f"tcp:host=127.0.0.1:port={relay.port}", "--images-dir", dumpDir, "--oneshot",
-         "--reconnect-timeout", str(giveUp), "--idle-timeout", str(giveUp / 2)],
+         "--reconnect-timeout", str(giveUp), "--idle-timeout", str(idle)],
         os.path.join(base, "proxy.log"),
     )
     dumper: Optional[subprocess.Popen[bytes]] = None
