@@ -15,18 +15,9 @@ from zope.interface.verify import verifyObject
 
 from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import ISessionClaims
-from imgrelay.core.imagedata import ImageData
-from imgrelay.core.store import Image, Session, SessionState
+from imgrelay.core.store import Session, SessionState
 from imgrelay.core.slot import SessionSlot
-
-
-def _image(name: str, content: bytes = b"content", snapshotId: str = "") -> Image:
-    """
-    Make a verified image holding C{content}.
-    """
-    data = ImageData()
-    data.append(content)
-    return Image(snapshotId, name, data, 1234)
+from tests.core.test_store import _image
 
 
 class SessionSlotTests(SynchronousTestCase):
