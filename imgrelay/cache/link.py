@@ -108,6 +108,13 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         """
         return self.stream.state if self.stream is not None else self._refusal
 
+    def _reactorOrGlobal(self) -> Any:
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
+
     def _transport(self) -> ITransport:
         assert self.transport is not None, "not connected"
         return self.transport
@@ -118,9 +125,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         memory; on any other transport, read in large pieces. With an idle
         timeout, start waiting for the hello.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = self._reactorOrGlobal()
         assert self.transport is not None
         watchPeer(self.transport)
         self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
@@ -326,11 +331,8 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
     def _startBeating(self) -> None:
         if self._lost or self._closing:
             return
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
         self._beating = LoopingCall(self._beat)
-        self._beating.clock = reactor
+        self._beating.clock = self._reactorOrGlobal()
         self._beating.start(self._heartbeat, now=False)
 
     def _stopTimers(self) -> None:
