@@ -52,6 +52,7 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         self._reactor = reactor
         self._framer = cacheMessageFramer()
         self._closed = False
+        self._lost = False
         self._accepted = False
         self._heartbeat = 0.0
         self._sender: ISender
@@ -125,6 +126,13 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
             assert transport is not None
             self._sender.close(transport.loseConnection)
 
+    def abort(self) -> None:
+        """
+        Drop the connection now, whatever it still holds.
+        """
+        if self.transport is not None and not self._lost:
+            self._abort()
+
     def _abort(self) -> None:
         self._closed = True
         self._sender.abort()
@@ -186,8 +194,11 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         """
         The stream waits for another connection (or the session is over).
         """
-        self._closed = True
+        self._closed = self._lost = True
         self.setTimeout(None)
+        owner = self.factory
+        if isinstance(owner, ProxyLinkFactory) and owner.current is self:
+            owner.current = None
         self._sender.abort()
         if not self._accepted and _isTLSError(reason) and not self.session.over:
             # A certificate the other end refuses will not get better by
@@ -244,6 +255,7 @@ class ProxyLinkFactory(ClientFactory):
         self.session = session
         self.reactor = reactor
         self.stream = LinkStream(session, window)
+        self.current: Optional[ProxyLinkProtocol] = None
 
     def buildProtocol(self, addr: object) -> ProxyLinkProtocol:
         """
@@ -251,4 +263,5 @@ class ProxyLinkFactory(ClientFactory):
         """
         p = ProxyLinkProtocol(self.stream, self.reactor, self.idleTimeout)
         p.factory = self
+        self.current = p
         return p

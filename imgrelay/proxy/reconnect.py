@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Union
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -99,6 +99,8 @@ class LinkDriver:
         self.lastError: Optional[str] = None
         self._timer: Optional[IDelayedCall] = None
         self._outageLogged = False
+        self._closed = False
+        self._closedWaiters: list[Deferred[None]] = []
         self.service = ClientService(
             _RecordingEndpoint(endpoint, self._attemptFailed), factory,
             retryPolicy=retryPolicy or defaultRetryPolicy(), clock=clock,
@@ -158,5 +160,35 @@ class LinkDriver:
 
     def _stop(self) -> None:
         if self.service.running:
-            self.service.stopService()
+            d = self.service.stopService()
+            d.addBoth(lambda _: self._finished())
+        else:
+            self._finished()
+
+    def _finished(self) -> None:
+        self._closed = True
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once the session is over and its
+            link is closed: a link that was closing (TLS waits for the
+            cache's answer to its close) has closed, and dialling stopped.
+        """
+        if self._closed:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closedWaiters.append(waiter)
+        return waiter
+
+    def abort(self) -> None:
+        """
+        Drop the link now, if one is up, without waiting for what it holds
+        to be sent.
+        """
+        protocol = self._factory.current
+        if protocol is not None:
+            protocol.abort()
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -32,6 +33,9 @@ from imgrelay.transport.tls import clientEndpoint
 if TYPE_CHECKING:
     # Only a name for the type checker: the config sits above the services.
     from imgrelay.config import ProxyConfig
+
+#: Seconds a stopping proxy gives its links to close before it drops them.
+CLOSE_GRACE = 5.0
 
 SessionObserver = Callable[[Union[SessionOutcome, Failure]], None]
 
@@ -79,6 +83,7 @@ class ProxyService(MultiService):
         self._observers: Observers[Union[SessionOutcome, Failure]] = Observers()
         self._startObservers: Observers[ProxySession] = Observers()
         self.sessions: set[ProxySession] = set()
+        self._drivers: set[LinkDriver] = set()
         factory: Factory
         limits = config.limits
         if config.protocol == "remote":
@@ -90,14 +95,25 @@ class ProxyService(MultiService):
         self.observer = observeProxy(self, config.observability, reactor, {"local": localService})
         self.observer.setServiceParent(self)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[Any]:
         """
         Stop listening, and give up every session still in progress: its
         link is closed and the cache fails it.
+
+        @return: A L{Deferred} that fires once every link is closed, the
+            cache told: a link still closing (over TLS the close waits for
+            the cache's answer) gets up to L{CLOSE_GRACE} seconds before it
+            is dropped. Without the wait, a C{--oneshot} proxy exiting
+            after its confirmation would cut its TLS link short, and the
+            cache would take the cut for a reset and wait for a resume.
         """
         for session in list(self.sessions):
             session.abort("the proxy is shutting down")
-        return MultiService.stopService(self)
+        drivers = list(self._drivers)
+        closed = gatherResults([driver.whenClosed() for driver in drivers])
+        late = self.reactor.callLater(CLOSE_GRACE, lambda: [driver.abort() for driver in drivers])
+        closed.addBoth(lambda result: late.cancel() if late.active() else None)
+        return gatherResults([MultiService.stopService(self), closed])
 
     def addSessionObserver(self, observer: SessionObserver) -> None:
         """
@@ -145,10 +161,13 @@ class ProxyService(MultiService):
                 lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
             )
         else:
-            LinkDriver(
+            driver = LinkDriver(
                 self._connect, ProxyLinkFactory(session, self.reactor, config.window, config.idleTimeout), self.reactor,
                 self.connectDescription, config.reconnectTimeout,
-            ).start()
+            )
+            self._drivers.add(driver)
+            driver.whenClosed().addCallback(lambda _: self._drivers.discard(driver))
+            driver.start()
         return session
 
     def _ended(self, result: Union[SessionOutcome, Failure], session: ProxySession) -> None:

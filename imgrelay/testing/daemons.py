@@ -118,11 +118,17 @@ class Daemon:
     def wait(self, timeout: float = 60) -> int:
         """
         @return: The exit status, once it exited.
+        @raise RuntimeError: If it still runs after C{timeout} seconds,
+            with the end of its log.
         """
         try:
             return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tail = "\n".join(self.log().splitlines()[-30:])
+            raise RuntimeError(f"{' '.join(self.process.args[4:6])} still runs after {timeout} s:\n{tail}") from None
         finally:
-            self._log.close()
+            if self.process.returncode is not None:
+                self._log.close()
 
     def stop(self) -> None:
         """

@@ -87,8 +87,11 @@ class TransportSender:
 
     def close(self, done: Callable[[], None]) -> None:
         """
-        See L{ISender.close}: the transport flushes before it closes.
+        See L{ISender.close}: the transport flushes before it closes. The
+        producer goes first: a TLS transport sends its close (and so ever
+        closes) only once no producer is registered.
         """
+        self._transport.unregisterProducer()  # type: ignore[attr-defined]
         done()
 
     def abort(self) -> None:

@@ -771,3 +771,63 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(migration.cacheFactory.resumes.streams, {})
         migration.session.abort("test over")
         self.failureResultOf(migration.session.result, SessionError)
+
+
+class WhenClosedTests(SynchronousTestCase):
+    """
+    L{LinkDriver.whenClosed} and L{LinkDriver.abort}: what a stopping proxy
+    waits for, and what it does when waiting is over.
+    """
+
+    def accepted(self) -> tuple[Migration, Wire]:
+        migration = Migration(_contents(big=MiB))
+        migration.start()
+        wire = migration.endpoint.wire
+        wire.pump()
+        self.assertTrue(migration.stream.connected)
+        return migration, wire
+
+    def test_waitsForTheLinkToClose(self) -> None:
+        """
+        A session that is over with its link still closing is not closed
+        yet; once the link closed, it is.
+        """
+        migration, wire = self.accepted()
+        closed = migration.driver.whenClosed()
+        migration.session.abort("test over")
+        self.failureResultOf(migration.session.result, SessionError)
+        self.assertTrue(wire.proxySide.disconnecting)
+        self.assertNoResult(closed)
+        wire.pump()
+        self.assertTrue(wire.closed)
+        self.successResultOf(closed)
+        self.successResultOf(migration.driver.whenClosed())
+
+    def test_abort(self) -> None:
+        """
+        L{LinkDriver.abort} drops a link that is still closing.
+        """
+        migration, wire = self.accepted()
+        closed = migration.driver.whenClosed()
+        migration.session.abort("test over")
+        self.failureResultOf(migration.session.result, SessionError)
+        self.assertNoResult(closed)
+        migration.driver.abort()
+        self.assertTrue(wire.closed)
+        self.successResultOf(closed)
+
+    def test_cacheUnreachable(self) -> None:
+        """
+        A session given up for want of a link is closed as soon as it is
+        over: there is no link to wait for.
+        """
+        migration = Migration(_contents(big=MiB))
+        migration.endpoint.down = True
+        migration.start()
+        closed = migration.driver.whenClosed()
+        migration.clock.advance(GIVE_UP - RETRY)
+        self.assertNoResult(closed)
+        migration.clock.advance(2 * RETRY)
+        self.failureResultOf(migration.session.result, SessionError)
+        self.failureResultOf(migration.session.ready, SessionError)
+        self.successResultOf(closed)

@@ -147,3 +147,15 @@ class TransportSenderTests(SynchronousTestCase):
         closed: list[bool] = []
         sender.close(lambda: closed.append(True))
         self.assertEqual(closed, [True])
+
+    def test_closeUnregistersFirst(self) -> None:
+        """
+        The producer is unregistered before the transport is told to close:
+        a TLS transport sends its close only once none is registered, and
+        a link closed with one registered would never close.
+        """
+        transport = StringTransport()
+        sender = TransportSender(transport, RecordingProducer())
+        registered: list[object] = []
+        sender.close(lambda: registered.append(transport.producer))
+        self.assertEqual(registered, [None])
