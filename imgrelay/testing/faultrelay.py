@@ -56,7 +56,7 @@ class FaultRelay:
 
     def __init__(
         self, target: int, point: str, strike: Optional[Callable[[], None]] = None, blackhole: bool = False,
-        halfOpen: bool = False,
+        halfOpen: bool = False, forGood: bool = False,
     ) -> None:
         """
         @param target: The cache's port on 127.0.0.1.
@@ -68,6 +68,8 @@ class FaultRelay:
         @param halfOpen: At the point, close the proxy's side only: the
             cache's stays open until L{stop}, never told, as behind a
             middlebox that lost one side of a connection.
+        @param forGood: Once the fault struck, reset every later
+            connection as it comes: the network stays down.
         """
         assert point in POINTS, point
         self.target = target
@@ -75,6 +77,7 @@ class FaultRelay:
         self.strike = strike
         self.blackhole = blackhole
         self.halfOpen = halfOpen
+        self.forGood = forGood
         self.struck = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -97,6 +100,9 @@ class FaultRelay:
                 continue
             except OSError:
                 return
+            if self.forGood and self.struck.is_set():
+                _reset(client)
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target), 5)
             except OSError:
