@@ -193,12 +193,7 @@ class FetchServeProtocol(Protocol):
             "fetch of session {session}: {images} images, {bytes} bytes sent",
             session=session.name, images=len(session.images), bytes=session.bytes,
         )
-        transport = self._transport()
-        if isinstance(self._sender, TransportSender):
-            # A transport that drains with a paused producer registered
-            # resumes it instead of closing.
-            transport.unregisterProducer()  # type: ignore[attr-defined]
-        self._sender.close(transport.loseConnection)
+        self._sender.close(self._transport().loseConnection)
 
     def _sendFailed(self, error: Exception) -> None:
         self.log.error("fetch: sending failed: {error}", error=str(error))

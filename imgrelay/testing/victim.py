@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.realcriu.test_victims -*-
 """
 Processes for real CRIU to dump and restore: each holds state, keeps
 working, and proves on request that the state survived intact.

@@ -88,8 +88,9 @@ class TransportSender:
     def close(self, done: Callable[[], None]) -> None:
         """
         See L{ISender.close}: the transport flushes before it closes. The
-        producer goes first: a TLS transport sends its close (and so ever
-        closes) only once no producer is registered.
+        producer goes first: a transport that drains with a paused producer
+        registered resumes it instead of closing, and a TLS transport sends
+        its close (and so ever closes) only once none is registered.
         """
         self._transport.unregisterProducer()  # type: ignore[attr-defined]
         done()
