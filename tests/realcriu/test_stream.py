@@ -8,9 +8,10 @@ started before its dump, each victim checking its own state once restored.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional
 
-from imgrelay.testing.daemons import Daemon, freePort
+from imgrelay.testing.daemons import Daemon, freePort, unixListening
 from imgrelay.testing.faultrelay import FaultRelay
 from imgrelay.testing.realcriu import CriuRun, Victim
 from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
@@ -44,23 +45,30 @@ class StreamMigrationTests(RealCriuCase):
         proxy.waitFor(path=os.path.join(self.dumpDir, CAPTURE_SOCKET))
         return proxy
 
-    def dumpAndRestore(self, victim: Victim) -> tuple[dict[str, Any], CriuRun, CriuRun]:
+    def dumpAndRestore(self, victim: Victim, restoreFirst: bool = True) -> tuple[dict[str, Any], CriuRun, CriuRun]:
         """
         Start the restore, then the dump, of C{victim}.
 
+        @param restoreFirst: Start the restore before the dump (it waits for
+            the images); else once the dump returned.
         @return: The victim's report before the dump, the dump, the restore.
         """
         before = victim.report()
         self.assertTrue(before["ok"], before)
-        restore = self.criuRun(self.criu.restore(self.restoreDir, "--stream"))
+        restore = None
+        if restoreFirst:
+            restore = self.criuRun(self.criu.restore(self.restoreDir, "--stream"))
         dump = self.criuRun(self.criu.dump(victim.pid, self.dumpDir, "--stream"))
+        if restore is None:
+            dump.wait()
+            restore = self.criuRun(self.criu.restore(self.restoreDir, "--stream"))
         return before, dump, restore
 
-    def migrate(self, victim: Victim, proxy: Daemon, cache: Daemon) -> None:
+    def migrate(self, victim: Victim, proxy: Daemon, cache: Daemon, restoreFirst: bool = True) -> None:
         """
         Migrate C{victim}: it runs restored, both oneshot daemons exit 0.
         """
-        before, dump, restore = self.dumpAndRestore(victim)
+        before, dump, restore = self.dumpAndRestore(victim, restoreFirst)
         self.assertDumped(dump, victim)
         self.assertRestored(restore, victim, before)
         self.assertEqual(proxy.wait(), 0, proxy.log())
@@ -78,11 +86,11 @@ class StreamMigrationTests(RealCriuCase):
     def test_tree(self) -> None:
         """
         A process tree joined by pipes and a socketpair, with a file open
-        at a position.
+        at a position; the restore starts once the dump is over.
         """
         cache = self.cache()
         proxy = self.proxy()
-        self.migrate(self.victim("tree"), proxy, cache)
+        self.migrate(self.victim("tree"), proxy, cache, restoreFirst=False)
 
     def test_heap(self) -> None:
         """
@@ -147,3 +155,52 @@ class StreamMigrationTests(RealCriuCase):
         self.assertEqual(proxy.wait(), 1, proxy.log())
         self.assertEqual(cache.wait(), 1, cache.log())
         self.assertIn("failed", cache.log())
+
+
+class SessionsRootTests(RealCriuCase):
+    """
+    One cache with C{--sessions-root}, two migrations one after another.
+    """
+
+    def test_twoMigrations(self) -> None:
+        """
+        Two victims migrate through one cache, each in the session its
+        proxy names; the cache serves on, and removes each session's
+        directory once restored.
+        """
+        root = self.imagesDir("sessions")
+        port = freePort()
+        cache = self.daemon("imgrelay-cache", "--listen", f"tcp:{port}:interface=127.0.0.1", "--sessions-root", root)
+        cache.waitFor(port=port)
+        for name, kind, args in (("web-1", "memory", ("--mib", "32")), ("web-2", "tree", ())):
+            dumpDir = self.imagesDir(f"dump-{name}")
+            proxy = self.daemon(
+                "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={port}", "--images-dir", dumpDir,
+                "--session", name, "--oneshot",
+            )
+            proxy.waitFor(path=os.path.join(dumpDir, CAPTURE_SOCKET))
+            victim = self.victim(kind, *args)
+            before = victim.report()
+            dump = self.criuRun(self.criu.dump(victim.pid, dumpDir, "--stream"))
+            sessionDir = os.path.join(root, name)
+            serve = os.path.join(sessionDir, SERVE_SOCKET)
+            deadline = time.monotonic() + 60
+            while not unixListening(serve):
+                self.assertFalse(dump.process.poll(), dump.errors())
+                self.assertLess(time.monotonic(), deadline, f"{serve} never listened:\n{cache.log()}")
+                time.sleep(0.005)
+            # CRIU writes its stats-restore into its work directory, by
+            # default the images directory: elsewhere, so that the cache
+            # can remove the session's directory.
+            work = self.imagesDir(f"work-{name}")
+            restore = self.criuRun(self.criu.restore(sessionDir, "--stream", "-W", work))
+            self.assertDumped(dump, victim)
+            self.assertRestored(restore, victim, before)
+            self.assertEqual(proxy.wait(), 0, proxy.log())
+            self.assertIsNone(cache.process.poll(), cache.log())
+            deadline = time.monotonic() + 30
+            while os.path.exists(sessionDir) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.assertFalse(os.path.exists(sessionDir), cache.log())
+        self.assertIn("web-1", cache.log())
+        self.assertIn("web-2", cache.log())

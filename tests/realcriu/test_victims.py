@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 
+from twisted.trial.reporter import TestResult
+
+from imgrelay.testing import realcriu
 from tests.realcriu.case import RealCriuCase
 
 
@@ -69,3 +72,35 @@ class VictimTests(RealCriuCase):
         report = tree.report()
         self.assertFalse(report["ok"], report)
         self.assertNotEqual(report["digest"], before["digest"])
+
+
+class CleanupTests(RealCriuCase):
+    """
+    A failing test leaves nothing behind.
+    """
+
+    def test_failingTestCleansUp(self) -> None:
+        """
+        The victim, its C{unshare}, the daemon of a test that failed are
+        gone once it ended, and so is its directory.
+        """
+        class FailsMidway(RealCriuCase):
+            def test_fails(self) -> None:
+                victim = self.victim("memory", "--mib", "8")
+                self.pids = [victim.pid, victim.process.pid]
+                cache = self.daemon(
+                    "imgrelay-cache", "--listen", "tcp:0:interface=127.0.0.1", "--images-dir", self.imagesDir("r"),
+                )
+                self.pids.append(cache.process.pid)
+                self.fail("on purpose")
+
+        case = FailsMidway("test_fails")
+        result = TestResult()
+        case.run(result)
+        self.assertEqual(len(result.failures), 1, result.errors)
+        self.assertEqual(result.errors, [])
+        self.assertEqual(len(case.pids), 3)
+        for pid in case.pids:
+            self.assertFalse(realcriu.alive(pid), pid)
+        self.assertEqual(realcriu.leftovers(case.base), [])
+        self.assertFalse(os.path.exists(case.base))
