@@ -111,7 +111,12 @@ class ProxyService(MultiService):
             session.abort("the proxy is shutting down")
         drivers = list(self._drivers)
         closed = gatherResults([driver.whenClosed() for driver in drivers])
-        late = self.reactor.callLater(CLOSE_GRACE, lambda: [driver.abort() for driver in drivers])
+
+        def dropAll() -> None:
+            for driver in drivers:
+                driver.abort()
+
+        late = self.reactor.callLater(CLOSE_GRACE, dropAll)
         closed.addBoth(lambda result: late.cancel() if late.active() else None)
         return gatherResults([MultiService.stopService(self), closed])
 

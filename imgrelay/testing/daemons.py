@@ -90,6 +90,7 @@ class Daemon:
         @param passFds: Descriptors it inherits, under the same numbers
             (for C{--status-fd}).
         """
+        self.plugin = plugin
         self.logPath = logPath
         self._log: IO[bytes] = open(logPath, "wb")
         self.process = subprocess.Popen(
@@ -125,7 +126,7 @@ class Daemon:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             tail = "\n".join(self.log().splitlines()[-30:])
-            raise RuntimeError(f"{' '.join(self.process.args[4:6])} still runs after {timeout} s:\n{tail}") from None
+            raise RuntimeError(f"{self.plugin} still runs after {timeout} s:\n{tail}") from None
         finally:
             if self.process.returncode is not None:
                 self._log.close()
