@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imgrelay/link.proto\x12\rimgrelay.link\"_\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\x0c\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\x0e\n\x06window\x18\x05 \x01(\x04\"d\n\tImageOpen\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.imgrelay.link.OpenMode\"#\n\x0cSnapshotPush\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"&\n\x05\x43hunk\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"9\n\nImageClose\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x03 \x01(\x07\">\n\x04\x44one\x12\x0e\n\x06images\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\x0c\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb7\x02\n\x0cProxyMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.imgrelay.link.HelloH\x00\x12(\n\x04open\x18\x02 \x01(\x0b\x32\x18.imgrelay.link.ImageOpenH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.imgrelay.link.ChunkH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.imgrelay.link.ImageCloseH\x00\x12#\n\x04\x64one\x18\x05 \x01(\x0b\x32\x13.imgrelay.link.DoneH\x00\x12%\n\x05\x61\x62ort\x18\x06 \x01(\x0b\x32\x14.imgrelay.link.AbortH\x00\x12/\n\x08snapshot\x18\x07 \x01(\x0b\x32\x1b.imgrelay.link.SnapshotPushH\x00\x42\x06\n\x04kind\"-\n\rImageProgress\x12\r\n\x05image\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"`\n\x06\x41\x63\x63\x65pt\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x31\n\x0bopen_images\x18\x02 \x03(\x0b\x32\x1c.imgrelay.link.ImageProgress\x12\x11\n\theartbeat\x18\x03 \x01(\x01\"\x1c\n\x08Progress\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x18\n\x06Refuse\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x08ImageAck\x12\r\n\x05image\x18\x01 \x01(\r\"-\n\x0cImageRefused\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x08\n\x06\x44oneOk\"\x1f\n\rSessionFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xcd\x02\n\x0c\x43\x61\x63heMessage\x12\'\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x15.imgrelay.link.AcceptH\x00\x12\'\n\x06refuse\x18\x02 \x01(\x0b\x32\x15.imgrelay.link.RefuseH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.imgrelay.link.ImageAckH\x00\x12\x34\n\rimage_refused\x18\x04 \x01(\x0b\x32\x1b.imgrelay.link.ImageRefusedH\x00\x12(\n\x07\x64one_ok\x18\x05 \x01(\x0b\x32\x15.imgrelay.link.DoneOkH\x00\x12.\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x1c.imgrelay.link.SessionFailedH\x00\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x17.imgrelay.link.ProgressH\x00\x42\x06\n\x04kind*/\n\x08OpenMode\x12\n\n\x06\x43REATE\x10\x00\x12\x0b\n\x07REPLACE\x10\x01\x12\n\n\x06\x41PPEND\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imgrelay/link.proto\x12\rimgrelay.link\"_\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\x0c\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\x0e\n\x06window\x18\x05 \x01(\x04\"d\n\tImageOpen\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.imgrelay.link.OpenMode\"#\n\x0cSnapshotPush\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"_\n\x05\x43hunk\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\x12)\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x17.imgrelay.link.Encoding\x12\x0c\n\x04size\x18\x04 \x01(\r\"9\n\nImageClose\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x03 \x01(\x07\">\n\x04\x44one\x12\x0e\n\x06images\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\x0c\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb7\x02\n\x0cProxyMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.imgrelay.link.HelloH\x00\x12(\n\x04open\x18\x02 \x01(\x0b\x32\x18.imgrelay.link.ImageOpenH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.imgrelay.link.ChunkH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.imgrelay.link.ImageCloseH\x00\x12#\n\x04\x64one\x18\x05 \x01(\x0b\x32\x13.imgrelay.link.DoneH\x00\x12%\n\x05\x61\x62ort\x18\x06 \x01(\x0b\x32\x14.imgrelay.link.AbortH\x00\x12/\n\x08snapshot\x18\x07 \x01(\x0b\x32\x1b.imgrelay.link.SnapshotPushH\x00\x42\x06\n\x04kind\"-\n\rImageProgress\x12\r\n\x05image\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x8c\x01\n\x06\x41\x63\x63\x65pt\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x31\n\x0bopen_images\x18\x02 \x03(\x0b\x32\x1c.imgrelay.link.ImageProgress\x12\x11\n\theartbeat\x18\x03 \x01(\x01\x12*\n\tencodings\x18\x04 \x03(\x0e\x32\x17.imgrelay.link.Encoding\"\x1c\n\x08Progress\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x18\n\x06Refuse\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x08ImageAck\x12\r\n\x05image\x18\x01 \x01(\r\"-\n\x0cImageRefused\x12\r\n\x05image\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x08\n\x06\x44oneOk\"\x1f\n\rSessionFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xcd\x02\n\x0c\x43\x61\x63heMessage\x12\'\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x15.imgrelay.link.AcceptH\x00\x12\'\n\x06refuse\x18\x02 \x01(\x0b\x32\x15.imgrelay.link.RefuseH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.imgrelay.link.ImageAckH\x00\x12\x34\n\rimage_refused\x18\x04 \x01(\x0b\x32\x1b.imgrelay.link.ImageRefusedH\x00\x12(\n\x07\x64one_ok\x18\x05 \x01(\x0b\x32\x15.imgrelay.link.DoneOkH\x00\x12.\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x1c.imgrelay.link.SessionFailedH\x00\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x17.imgrelay.link.ProgressH\x00\x42\x06\n\x04kind*/\n\x08OpenMode\x12\n\n\x06\x43REATE\x10\x00\x12\x0b\n\x07REPLACE\x10\x01\x12\n\n\x06\x41PPEND\x10\x02*&\n\x08\x45ncoding\x12\x07\n\x03RAW\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x12\x07\n\x03LZ4\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgrelay.link_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENMODE']._serialized_start=1430
-  _globals['_OPENMODE']._serialized_end=1477
+  _globals['_OPENMODE']._serialized_start=1532
+  _globals['_OPENMODE']._serialized_end=1579
+  _globals['_ENCODING']._serialized_start=1581
+  _globals['_ENCODING']._serialized_end=1619
   _globals['_HELLO']._serialized_start=38
   _globals['_HELLO']._serialized_end=133
   _globals['_IMAGEOPEN']._serialized_start=135
@@ -40,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTPUSH']._serialized_start=237
   _globals['_SNAPSHOTPUSH']._serialized_end=272
   _globals['_CHUNK']._serialized_start=274
-  _globals['_CHUNK']._serialized_end=312
-  _globals['_IMAGECLOSE']._serialized_start=314
-  _globals['_IMAGECLOSE']._serialized_end=371
-  _globals['_DONE']._serialized_start=373
-  _globals['_DONE']._serialized_end=435
-  _globals['_ABORT']._serialized_start=437
-  _globals['_ABORT']._serialized_end=460
-  _globals['_PROXYMESSAGE']._serialized_start=463
-  _globals['_PROXYMESSAGE']._serialized_end=774
-  _globals['_IMAGEPROGRESS']._serialized_start=776
-  _globals['_IMAGEPROGRESS']._serialized_end=821
-  _globals['_ACCEPT']._serialized_start=823
-  _globals['_ACCEPT']._serialized_end=919
-  _globals['_PROGRESS']._serialized_start=921
-  _globals['_PROGRESS']._serialized_end=949
-  _globals['_REFUSE']._serialized_start=951
-  _globals['_REFUSE']._serialized_end=975
-  _globals['_IMAGEACK']._serialized_start=977
-  _globals['_IMAGEACK']._serialized_end=1002
-  _globals['_IMAGEREFUSED']._serialized_start=1004
-  _globals['_IMAGEREFUSED']._serialized_end=1049
-  _globals['_DONEOK']._serialized_start=1051
-  _globals['_DONEOK']._serialized_end=1059
-  _globals['_SESSIONFAILED']._serialized_start=1061
-  _globals['_SESSIONFAILED']._serialized_end=1092
-  _globals['_CACHEMESSAGE']._serialized_start=1095
-  _globals['_CACHEMESSAGE']._serialized_end=1428
+  _globals['_CHUNK']._serialized_end=369
+  _globals['_IMAGECLOSE']._serialized_start=371
+  _globals['_IMAGECLOSE']._serialized_end=428
+  _globals['_DONE']._serialized_start=430
+  _globals['_DONE']._serialized_end=492
+  _globals['_ABORT']._serialized_start=494
+  _globals['_ABORT']._serialized_end=517
+  _globals['_PROXYMESSAGE']._serialized_start=520
+  _globals['_PROXYMESSAGE']._serialized_end=831
+  _globals['_IMAGEPROGRESS']._serialized_start=833
+  _globals['_IMAGEPROGRESS']._serialized_end=878
+  _globals['_ACCEPT']._serialized_start=881
+  _globals['_ACCEPT']._serialized_end=1021
+  _globals['_PROGRESS']._serialized_start=1023
+  _globals['_PROGRESS']._serialized_end=1051
+  _globals['_REFUSE']._serialized_start=1053
+  _globals['_REFUSE']._serialized_end=1077
+  _globals['_IMAGEACK']._serialized_start=1079
+  _globals['_IMAGEACK']._serialized_end=1104
+  _globals['_IMAGEREFUSED']._serialized_start=1106
+  _globals['_IMAGEREFUSED']._serialized_end=1151
+  _globals['_DONEOK']._serialized_start=1153
+  _globals['_DONEOK']._serialized_end=1161
+  _globals['_SESSIONFAILED']._serialized_start=1163
+  _globals['_SESSIONFAILED']._serialized_end=1194
+  _globals['_CACHEMESSAGE']._serialized_start=1197
+  _globals['_CACHEMESSAGE']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

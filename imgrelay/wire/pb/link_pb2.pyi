@@ -12,9 +12,18 @@ class OpenMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE: _ClassVar[OpenMode]
     REPLACE: _ClassVar[OpenMode]
     APPEND: _ClassVar[OpenMode]
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RAW: _ClassVar[Encoding]
+    ZSTD: _ClassVar[Encoding]
+    LZ4: _ClassVar[Encoding]
 CREATE: OpenMode
 REPLACE: OpenMode
 APPEND: OpenMode
+RAW: Encoding
+ZSTD: Encoding
+LZ4: Encoding
 
 class Hello(_message.Message):
     __slots__ = ("version", "session", "resume_token", "resume", "window")
@@ -49,12 +58,16 @@ class SnapshotPush(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("image", "length")
+    __slots__ = ("image", "length", "encoding", "size")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     image: int
     length: int
-    def __init__(self, image: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+    encoding: Encoding
+    size: int
+    def __init__(self, image: _Optional[int] = ..., length: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ImageClose(_message.Message):
     __slots__ = ("image", "size", "crc32c")
@@ -109,14 +122,16 @@ class ImageProgress(_message.Message):
     def __init__(self, image: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Accept(_message.Message):
-    __slots__ = ("received", "open_images", "heartbeat")
+    __slots__ = ("received", "open_images", "heartbeat", "encodings")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     OPEN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     received: int
     open_images: _containers.RepeatedCompositeFieldContainer[ImageProgress]
     heartbeat: float
-    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ..., heartbeat: _Optional[float] = ...) -> None: ...
+    encodings: _containers.RepeatedScalarFieldContainer[Encoding]
+    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ..., heartbeat: _Optional[float] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("received",)
