@@ -12,9 +12,8 @@ import time
 from typing import Any, Callable, Optional
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -22,6 +21,7 @@ from zope.interface import implementer
 
 from imgrelay.cache.interfaces import IOpenLinks, IResumableLink, IResumeTable
 from imgrelay.cache.linkstate import CacheLinkState
+from imgrelay.cache.linktimers import LinkTimers
 from imgrelay.cache.memory import IBoundReader, MemoryBound
 from imgrelay.cache.resume import CacheStream
 from imgrelay.core.errors import ProtocolError, SessionError
@@ -80,8 +80,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             L{link_pb2.Accept.heartbeat}); 0 for none.
         """
         self._heartbeat = heartbeat
-        self._beating: Optional[LoopingCall] = None
-        self._confirmed: Optional[IDelayedCall] = None
+        self._timers = LinkTimers(self._reactorOrGlobal)
         self._lost = False
         self._resumes = resumes
         self._links = links
@@ -276,7 +275,8 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             for reply in replies:
                 if reply.WhichOneof("kind") == "accept":
                     reply.accept.heartbeat = self._heartbeat
-            self._startBeating()
+            if not (self._lost or self._closing):
+                self._timers.beat(self._heartbeat, self._beat)
         if self._bound is not None:
             # Only now does this link bring a session's bytes; the bound
             # holds it, or not, by that session (a link held before its
@@ -306,19 +306,17 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
 
     def _send(self, message: CacheMessage) -> None:
         self._transport().write(frame(message))
-        reactor = self._reactor
-        if message.WhichOneof("kind") == "done_ok" and reactor is not None and self._confirmed is None and not (
-            self._lost or self._closing
+        if message.WhichOneof("kind") == "done_ok" and self._reactor is not None and not (
+            self._timers.confirming or self._lost or self._closing
         ):
             # The proxy closes the link once it has our confirmation. A link
             # still open long after it is a dead one whose end never reached
             # us (a relay that keeps it open): close it, and keep the session
             # for the proxy to resume should it not have had the answer.
             grace = self._idleTimeout if self._idleTimeout is not None else DEFAULT_IDLE_TIMEOUT
-            self._confirmed = reactor.callLater(grace, self._confirmedLinkLeftOpen, grace)
+            self._timers.afterConfirmation(grace, lambda: self._confirmedLinkLeftOpen(grace))
 
     def _confirmedLinkLeftOpen(self, grace: float) -> None:
-        self._confirmed = None
         stream = self.stream
         self.log.warn(
             "session {session}: the proxy did not close the link within {grace:g} s of the confirmation; "
@@ -328,21 +326,9 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self._closing = True
         self._transport().abortConnection()  # type: ignore[attr-defined]
 
-    def _startBeating(self) -> None:
-        if self._lost or self._closing:
-            return
-        self._beating = LoopingCall(self._beat)
-        self._beating.clock = self._reactorOrGlobal()
-        self._beating.start(self._heartbeat, now=False)
-
     def _stopTimers(self) -> None:
         self.setTimeout(None)
-        if self._beating is not None and self._beating.running:
-            self._beating.stop()
-        self._beating = None
-        if self._confirmed is not None and self._confirmed.active():
-            self._confirmed.cancel()
-        self._confirmed = None
+        self._timers.stop()
 
     def abort(self) -> None:
         """

@@ -10,12 +10,13 @@ callable, for rates only).
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import attrs
 from twisted.logger import Logger
 
 from imgrelay.cache.memory import MemoryBound
+from imgrelay.cache.unpack import PackedChunk
 from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.core.integrity import RunningChecksum, manifestDigest
 from imgrelay.core.interfaces import ISessionClaims
@@ -24,7 +25,8 @@ from imgrelay.core.names import checkId, checkImageName
 from imgrelay.core.store import Image, ImageData, Session, SessionState
 from imgrelay.observe.logs import logsImage, rate
 from imgrelay.wire.framing import HeaderReceived, PayloadChunk
-from imgrelay.wire.link import VERSION, CacheMessage
+from imgrelay.wire.codecs import NAMES, RAW, available
+from imgrelay.wire.link import MAX_CHUNK, VERSION, CacheMessage
 from imgrelay.wire.pb import link_pb2
 
 #: The most images open at once on one link (CRIU keeps a handful open; an
@@ -35,13 +37,8 @@ MAX_OPEN_IMAGES = 1024
 @attrs.define
 class _Incoming:
     """
-    An image open on the link.
-
-    @ivar snapshotId: The snapshot it belongs to.
-    @ivar name: Its file name.
-    @ivar opened: When it was opened, for its rate.
-    @ivar data: Its bytes so far.
-    @ivar checksum: Their size and CRC-32C so far.
+    An image open on the link: its snapshot and name, when it was opened
+    (for its rate), its bytes so far, and their size and CRC-32C.
     """
 
     snapshotId: str
@@ -68,6 +65,7 @@ class CacheLinkState:
     def __init__(
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, verbose: bool = False,
         limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
+        encodings: Optional[Sequence[int]] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -76,7 +74,10 @@ class CacheLinkState:
         @param limits: Images and bytes a session may bring.
         @param bound: The cache's memory bound, charged with every image
             byte received.
+        @param encodings: The chunk encodings it accepts, offered in its
+            accept; all it can decode by default.
         """
+        self.encodings = list(available() if encodings is None else encodings)
         self.bound = bound
         self.verbose = verbose
         self.limits = limits
@@ -88,6 +89,9 @@ class CacheLinkState:
         self._seen: set[int] = set()
         self._chunkTarget: Optional[_Incoming] = None
         self._pendingView: Optional[memoryview] = None
+        self._packed: Optional[PackedChunk] = None
+        self._unpacking: Optional[PackedChunk] = None
+        self._decoding: Optional[PackedChunk] = None
         self._finished = False
 
     @property
@@ -105,6 +109,10 @@ class CacheLinkState:
 
         @return: The messages to send back, in order.
         """
+        if isinstance(event, PayloadChunk) and self._packed is not None:
+            self._packed.add(event.data)
+            self._packedProgress()
+            return []
         if isinstance(event, PayloadChunk):
             target = self._chunkTarget
             assert target is not None and self.session is not None
@@ -142,6 +150,8 @@ class CacheLinkState:
 
         @param wanted: How many payload bytes are still to come.
         """
+        if self._packed is not None:
+            return self._packed.space(wanted)
         target = self._chunkTarget
         assert target is not None
         self._pendingView = target.data.writable(wanted)
@@ -151,6 +161,10 @@ class CacheLinkState:
         """
         C{n} bytes were received at the start of the last L{chunkTarget}.
         """
+        if self._packed is not None:
+            self._packed.received(n)
+            self._packedProgress()
+            return
         target = self._chunkTarget
         view = self._pendingView
         assert target is not None and view is not None and self.session is not None
@@ -158,6 +172,43 @@ class CacheLinkState:
         target.checksum.update(view[:n])
         target.data.commit(n)
         self._arrived(n)
+
+    def _packedProgress(self) -> None:
+        packed = self._packed
+        assert packed is not None
+        if packed.complete:
+            self._packed = None
+            self._unpacking = packed
+
+    @property
+    def unpackPending(self) -> bool:
+        """
+        Whether an encoded chunk arrived whole and awaits L{takeUnpack}: the
+        stream must stop there until it is L{unpacked}.
+        """
+        return self._unpacking is not None
+
+    def takeUnpack(self) -> Optional[tuple[int, bytes, int]]:
+        """
+        @return: The chunk to decode, as C{(encoding, payload, size)}, once;
+            then L{unpacked} with its bytes.
+        """
+        packed, self._unpacking = self._unpacking, None
+        if packed is None:
+            return None
+        self._decoding = packed
+        return packed.encoding, bytes(packed.payload), packed.size
+
+    def unpacked(self, data: bytes) -> None:
+        """
+        The chunk L{takeUnpack} gave decoded to C{data}, its image's next
+        bytes.
+        """
+        packed, self._decoding = self._decoding, None
+        assert packed is not None and len(data) == packed.size and self.session is not None
+        packed.target.data.append(data)
+        packed.target.checksum.update(data)
+        self._arrived(len(data))
 
     def _arrived(self, n: int) -> None:
         session = self.session
@@ -179,6 +230,7 @@ class CacheLinkState:
             self._open.clear()
             self._chunkTarget = None
             self._pendingView = None
+            self._packed = self._unpacking = self._decoding = None
 
     def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
         if hello.version != VERSION:
@@ -194,7 +246,7 @@ class CacheLinkState:
         session.addFinalObserver(self._sessionEnded)
         self.session = session
         self.log.info("session {session}: proxy connected", session=hello.session)
-        return CacheMessage(accept=link_pb2.Accept())
+        return CacheMessage(accept=link_pb2.Accept(encodings=self.encodings))
 
     def _image(self, imageId: int) -> _Incoming:
         incoming = self._open.get(imageId)
@@ -240,8 +292,21 @@ class CacheLinkState:
         return []
 
     def _onChunk(self, message: link_pb2.Chunk) -> list[CacheMessage]:
-        self._chunkTarget = self._image(message.image)
-        self._received += message.length
+        target = self._image(message.image)
+        size = message.length
+        if message.encoding != RAW:
+            if message.encoding not in self.encodings:
+                name = NAMES.get(message.encoding, str(message.encoding))
+                raise ProtocolError(f"chunk encoded with {name}, which this cache did not offer")
+            if message.size > MAX_CHUNK:
+                raise ProtocolError(f"encoded chunk of {message.size} bytes is over {MAX_CHUNK}")
+            size = message.size
+            self._chunkTarget = None
+            self._packed = PackedChunk(target, message.encoding, size, bytearray(message.length))
+            self._packedProgress()
+        else:
+            self._chunkTarget = target
+        self._received += size
         if self._received > self.limits.maxSessionBytes:
             raise SessionError(
                 f"more than {self.limits.maxSessionBytes} bytes in the session (--max-session-bytes)"

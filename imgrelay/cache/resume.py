@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from imgrelay.cache.interfaces import IResumableLink, IResumeTable
 from imgrelay.cache.linkstate import CacheLinkState
+from imgrelay.cache.unpack import Decoder, StreamUnpacker, decodeInline
 from imgrelay.core.errors import ProtocolError
 from imgrelay.core.names import checkId
 from imgrelay.core.store import Session, SessionState
@@ -46,14 +47,16 @@ class CacheStream:
         its proxy does not resume it in time.
     """
 
-    def __init__(self, state: CacheLinkState, token: bytes, window: int) -> None:
+    def __init__(self, state: CacheLinkState, token: bytes, window: int, decoder: Decoder = decodeInline) -> None:
         """
         @param state: The session's state (it has taken the hello).
         @param token: What a resuming link must present.
         @param window: The proxy's window: progress is reported sixteen times
             per window.
+        @param decoder: How its encoded chunks are decoded.
         """
         self.state = state
+        self.unpacker = StreamUnpacker(self, decoder)
         self.framer = proxyMessageFramer(state.limits.maxHeaderSize)
         self.token = token
         self.taken = 0
@@ -178,7 +181,9 @@ class ResumeTable:
             session=session.name, taken=stream.taken,
         )
         replies = [
-            CacheMessage(accept=link_pb2.Accept(received=stream.taken, open_images=stream.state.openProgress()))
+            CacheMessage(accept=link_pb2.Accept(
+                received=stream.taken, open_images=stream.state.openProgress(), encodings=stream.state.encodings,
+            ))
         ]
         if session.state is SessionState.COMPLETE:
             # The proxy did not get our confirmation.

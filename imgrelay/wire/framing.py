@@ -89,7 +89,12 @@ class _State(Enum):
     HEADER = auto()
     DECIDE = auto()
     PAYLOAD = auto()
+    HELD = auto()
     FAILED = auto()
+
+
+#: The states in which what is fed is kept for later.
+_WAITING = (_State.DECIDE, _State.HELD)
 
 
 def decodeEnvelope(cls: type[E], data: bytes, what: str) -> tuple[E, str]:
@@ -217,6 +222,36 @@ class Framer(Generic[M]):
             raise RuntimeError("no payload decision is pending")
         self._startPayload(length)
 
+    def hold(self) -> None:
+        """
+        Stop after the event just produced, between two messages: what is
+        fed until L{release} is kept, not parsed (the consumer has work to
+        finish first, such as decoding the payload that just ended).
+
+        @raise RuntimeError: If not between two messages.
+        """
+        if self._state is not _State.PREFIX or self._buffer:
+            raise RuntimeError("hold only between two messages")
+        self._state = _State.HELD
+
+    @property
+    def held(self) -> bool:
+        """
+        Whether L{hold} stopped the parsing.
+        """
+        return self._state is _State.HELD
+
+    def release(self) -> None:
+        """
+        Undo L{hold}; call L{feed} (with C{b""} if nothing new arrived) to
+        parse what was kept meanwhile.
+
+        @raise RuntimeError: If not held.
+        """
+        if self._state is not _State.HELD:
+            raise RuntimeError("release without hold")
+        self._state = _State.PREFIX
+
     def drain(self) -> bytes:
         """
         Stop parsing while a decision is pending (after the whole of the
@@ -261,15 +296,16 @@ class Framer(Generic[M]):
         """
         if self._state is _State.FAILED:
             raise FramingError("feed after a framing error")
-        if self._state is _State.DECIDE:
+        if self._state in _WAITING:
             self._stash += data
             return
         if self._stash:
-            # Bytes that arrived while a decision was pending come first.
+            # Bytes that arrived while a decision was pending, or while
+            # held, come first.
             stashed = bytes(self._stash)
             self._stash.clear()
             yield from self._feed(stashed)
-            if self._state is _State.DECIDE:
+            if self._state in _WAITING:
                 self._stash += data
                 return
         yield from self._feed(data)
@@ -293,7 +329,7 @@ class Framer(Generic[M]):
                 yield PayloadChunk(view[pos - n : pos])
                 if not self._remaining:
                     yield PayloadDone()
-            elif state is _State.DECIDE:
+            elif state in _WAITING:
                 self._stash += view[pos:]
                 return
             else:

@@ -744,6 +744,62 @@ class DecisionTests(SynchronousTestCase):
         self.assertRaises(MalformedHeader, framer.expectPayload, -1)
 
 
+class HoldTests(SynchronousTestCase):
+    """
+    L{Framer.hold} stops parsing between two messages; what is fed
+    meanwhile is parsed after L{Framer.release}, in order.
+    """
+
+    def test_holdAfterPayload(self) -> None:
+        """
+        Held at the end of a payload, the rest of the same feed and later
+        feeds are kept, and parsed in order once released.
+        """
+        framer: Framer[Chunk] = Framer(_decodeChunk)
+        events = framer.feed(_frame(1, b"ab") + _frame(2, b"cd"))
+        self.assertEqual(next(events), HeaderReceived(Chunk(image=1, length=2)))
+        self.assertEqual(bytes(next(events).data), b"ab")  # type: ignore[union-attr]
+        self.assertEqual(next(events), PayloadDone())
+        framer.hold()
+        self.assertTrue(framer.held)
+        self.assertEqual(list(events), [])
+        self.assertEqual(list(framer.feed(_frame(3, b""))), [])
+        self.assertEqual(framer.payloadRemaining, 0)
+        self.assertFalse(framer.atBoundary)
+        self.assertEqual(framer.buffered, len(_frame(2, b"cd") + _frame(3, b"")))
+        framer.release()
+        recorder = _Recorder(self, framer)
+        self.assertEqual(
+            recorder.feedAll([b""]), [_header(2, 2), ("payload", b"cd"), ("done", None), _header(3, 0)]
+        )
+        self.assertTrue(framer.atBoundary)
+
+    def test_holdAfterSkippedPayload(self) -> None:
+        """
+        Held after a payload the consumer received itself.
+        """
+        framer: Framer[Chunk] = Framer(_decodeChunk)
+        list(framer.feed(_frame(1, b"ab")[:-2]))
+        self.assertEqual(framer.payloadRemaining, 2)
+        self.assertTrue(framer.skipPayload(2))
+        framer.hold()
+        self.assertEqual(list(framer.feed(_frame(2, b""))), [])
+        framer.release()
+        self.assertEqual(list(framer.feed(b"")), [HeaderReceived(Chunk(image=2))])
+
+    def test_holdOnlyBetweenMessages(self) -> None:
+        """
+        Not inside a payload or a header; no release without a hold.
+        """
+        framer: Framer[Chunk] = Framer(_decodeChunk)
+        list(framer.feed(_frame(1, b"ab")[:-1]))
+        self.assertRaises(RuntimeError, framer.hold)
+        other: Framer[Chunk] = Framer(_decodeChunk)
+        list(other.feed(_frame(1, b"")[:3]))
+        self.assertRaises(RuntimeError, other.hold)
+        self.assertRaises(RuntimeError, other.release)
+
+
 class PayloadViewTests(SynchronousTestCase):
     """
     L{PayloadChunk.data} is a view of the bytes given to C{feed}, not a copy.
