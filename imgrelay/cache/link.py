@@ -24,6 +24,7 @@ from imgrelay.cache.linkstate import CacheLinkState
 from imgrelay.cache.linktimers import LinkTimers
 from imgrelay.cache.memory import IBoundReader, MemoryBound
 from imgrelay.cache.resume import CacheStream
+from imgrelay.cache.unpack import Decoder, decodeInline
 from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
@@ -31,6 +32,7 @@ from imgrelay.core.names import BadName
 from imgrelay.core.store import Session
 from imgrelay.transport.keepalive import watchPeer
 from imgrelay.transport.peer import peerOf
+from imgrelay.transport.readgate import ReadGate
 from imgrelay.transport.receiver import IPayloadReceiver, SocketReceiver
 from imgrelay.wire.framing import FramingError, HeaderReceived
 from imgrelay.wire.link import CacheMessage, frame, helloFramer
@@ -57,7 +59,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
         resumes: Optional[IResumeTable] = None, links: Optional[IOpenLinks] = None,
-        idleTimeout: Optional[float] = None, heartbeat: float = 0.0,
+        idleTimeout: Optional[float] = None, heartbeat: float = 0.0, decoder: Decoder = decodeInline,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -70,14 +72,12 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         @param limits: Images and bytes a session may bring.
         @param bound: The cache's memory bound, which may hold this link.
         @param resumes: Where the session's stream is kept for a resume;
-            without one, this link carries its session alone, and a session
-            whose link is lost fails at once.
+            without one, a session whose link is lost fails at once.
         @param links: Told when this link closes.
-        @param idleTimeout: Seconds this link may take to say hello, or None
-            for no limit.
-        @param heartbeat: Seconds between the progress reports sent on a
-            quiet link once a session is on it, promised in the accept (see
-            L{link_pb2.Accept.heartbeat}); 0 for none.
+        @param idleTimeout: Seconds to say hello in, or None for no limit.
+        @param heartbeat: Seconds between the progress reports on a quiet
+            link (L{link_pb2.Accept.heartbeat}); 0 for none.
+        @param decoder: How encoded chunks are decoded.
         """
         self._heartbeat = heartbeat
         self._timers = LinkTimers(self._reactorOrGlobal)
@@ -86,7 +86,8 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self._links = links
         self._idleTimeout = idleTimeout
         self._bound = bound
-        self._paused = False
+        self._gate = ReadGate()
+        self._decoder = decoder
         self._hello = helloFramer(limits.maxHeaderSize)
         self._slot = slot
         self._clock = clock
@@ -102,17 +103,14 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
     @property
     def state(self) -> CacheLinkState:
         """
-        @return: The state of the session this link carries (before any
-            hello, a state with no session).
+        @return: The state of this link's session (before a hello, none).
         """
         return self.stream.state if self.stream is not None else self._refusal
 
     def _reactorOrGlobal(self) -> Any:
-        if self._reactor is not None:
-            return self._reactor
         from twisted.internet import reactor
 
-        return reactor
+        return self._reactor if self._reactor is not None else reactor
 
     def _transport(self) -> ITransport:
         assert self.transport is not None, "not connected"
@@ -128,6 +126,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         assert self.transport is not None
         watchPeer(self.transport)
         self._receiver = SocketReceiver.forTransport(self.transport, reactor, self)
+        self._gate.attach(self.transport, self._receiver)  # type: ignore[arg-type]
         if self._receiver is None and ITCPTransport.providedBy(self.transport):
             self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         if self._idleTimeout is not None:
@@ -147,26 +146,28 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         """
         See L{IBoundReader.pauseReading}.
         """
-        if self._paused:
-            return
-        self._paused = True
-        if self._receiver is not None:
-            self._receiver.stopReading()
-        else:
-            self._transport().pauseProducing()  # type: ignore[attr-defined]
+        self._gate.hold("memory")
 
     def resumeReading(self) -> None:
         """
         See L{IBoundReader.resumeReading}.
         """
-        if not self._paused:
-            return
-        self._paused = False
-        if self._receiver is not None:
-            if self._receiver.connected:
-                self._receiver.startReading()
-        else:
-            self._transport().resumeProducing()  # type: ignore[attr-defined]
+        self._gate.release("memory")
+
+    def unpacked(self) -> None:
+        """
+        The stream's chunk was decoded: parse what came after it, and read
+        again.
+        """
+        self._gate.release("decoding")
+        self.dataReceived(b"")
+
+    def unpackFailed(self, reason: str) -> None:
+        """
+        The stream's chunk did not decode: the session fails.
+        """
+        if not self._closing:
+            self._fail(reason)
 
     def dropSession(self, reason: str) -> None:
         """
@@ -214,8 +215,11 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         assert stream is not None
         stream.state.chunkFilled(n)
         stream.framer.skipPayload(n)
+        if stream.state.unpackPending:
+            stream.framer.hold()
         stream.taken += n
         self._reportProgress()
+        self._unpack()
 
     def receiverLost(self, reason: Failure) -> None:
         """
@@ -265,7 +269,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         else:
             state = CacheLinkState(self._slot, self._clock, self._verbose, self._limits, self._bound)
             replies = state.received(event)
-            stream = CacheStream(state, hello.resume_token, hello.window)
+            stream = CacheStream(state, hello.resume_token, hello.window, self._decoder)
             if resumes is None:
                 stream.link = self
             else:
@@ -284,7 +288,9 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             self._bound.addReader(self)
         for reply in replies:
             self._send(reply)
-        if rest:
+        if stream.unpacker.busy:
+            self._gate.hold("decoding")
+        if rest or stream.framer.buffered:
             self._feed(rest)
 
     def _feed(self, data: bytes) -> None:
@@ -293,6 +299,9 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         for event in stream.framer.feed(data):
             for reply in stream.state.received(event):
                 self._send(reply)
+            if stream.state.unpackPending and not stream.framer.held:
+                # The rest waits for the chunk to be decoded.
+                stream.framer.hold()
             if self._closing:
                 # The memory bound dropped the session.
                 return
@@ -303,6 +312,15 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
                 return
         stream.taken += len(data)
         self._reportProgress()
+        self._unpack()
+
+    def _unpack(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        if stream.state.unpackPending:
+            stream.unpacker.kick()
+            if stream.unpacker.busy:
+                self._gate.hold("decoding")
 
     def _send(self, message: CacheMessage) -> None:
         self._transport().write(frame(message))

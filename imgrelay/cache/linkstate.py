@@ -246,7 +246,7 @@ class CacheLinkState:
         session.addFinalObserver(self._sessionEnded)
         self.session = session
         self.log.info("session {session}: proxy connected", session=hello.session)
-        return CacheMessage(accept=link_pb2.Accept(encodings=self.encodings))
+        return CacheMessage(accept=link_pb2.Accept(encodings=self.encodings))  # type: ignore[arg-type]
 
     def _image(self, imageId: int) -> _Incoming:
         incoming = self._open.get(imageId)

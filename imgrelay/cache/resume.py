@@ -182,7 +182,8 @@ class ResumeTable:
         )
         replies = [
             CacheMessage(accept=link_pb2.Accept(
-                received=stream.taken, open_images=stream.state.openProgress(), encodings=stream.state.encodings,
+                received=stream.taken, open_images=stream.state.openProgress(),
+                encodings=stream.state.encodings,  # type: ignore[arg-type]
             ))
         ]
         if session.state is SessionState.COMPLETE:

@@ -32,6 +32,8 @@ from imgrelay.local.remote import RemoteFactory
 from imgrelay.local.streamserve import StreamServeFactory
 from imgrelay.transport.localsock import FETCH_SOCKET, REMOTE_CACHE_SOCKET, SERVE_SOCKET, localEndpoint
 from imgrelay.transport.tls import serverService
+from imgrelay.transport.workers import Workers
+from imgrelay.wire.codecs import decode
 
 if TYPE_CHECKING:
     # Only a name for the type checker: the config sits above the services.
@@ -117,9 +119,11 @@ class CacheService(MultiService):
             self._linkFactory = CriuLinkReceiverFactory(claims, config.verbose)
         else:
             # The link only calls claim(name) (ISessionClaims) on what it is given.
+            self.workers = Workers(reactor, "imgrelay-cache-decode")
+            self.workers.setServiceParent(self)
             self._linkFactory = CacheLinkFactory(
                 claims, reactor.seconds, reactor, config.verbose, config.limits, config.resumeTimeout, self.bound,
-                config.idleTimeout, config.heartbeat,
+                config.idleTimeout, config.heartbeat, lambda *job: self.workers.run(decode, *job),
             )
         if config.tls is None:
             self._link = strports.service(config.listen, self._linkFactory, reactor=reactor)

@@ -18,10 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from imgrelay.wire.codecs import BadChunk, decode
 
@@ -39,13 +37,6 @@ def decodeInline(encoding: int, payload: bytes, size: int) -> Deferred[bytes]:
     and for small embedders that start no threads).
     """
     return maybeDeferred(decode, encoding, payload, size)
-
-
-def decodeInThreads(reactor: Any, pool: ThreadPool) -> Decoder:
-    """
-    @return: A L{Decoder} that decodes in C{pool}'s threads.
-    """
-    return lambda encoding, payload, size: deferToThreadPool(reactor, pool, decode, encoding, payload, size)
 
 
 @attrs.define
