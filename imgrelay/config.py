@@ -31,6 +31,7 @@ from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits, flag, positive
 from imgrelay.core.names import defaultSessionName
 
 from imgrelay.observe.service import Observability
+from imgrelay.proxy.packer import MODES
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP
 from imgrelay.proxy.stream import DEFAULT_WINDOW, MIN_WINDOW
 from imgrelay.transport.localsock import (
@@ -125,6 +126,10 @@ class ProxyConfig:
         HTTP status endpoint.
     @ivar verbose: Log every image, not only those of 1 MiB or more.
     @ivar oneshot: Serve one session: a second dump is refused.
+    @ivar compress: How the link is compressed: C{"auto"} (Zstandard where
+        it makes the migration faster, chunk by chunk), C{"zstd"},
+        C{"lz4"} (every chunk that shrinks), or C{"none"}; only what the
+        cache decodes is used.
     """
 
     connect: Union[str, IStreamClientEndpoint]
@@ -143,8 +148,14 @@ class ProxyConfig:
     observability: Observability = Observability()
     verbose: bool = False
     oneshot: bool = False
+    compress: str = attrs.field(default="auto", validator=_oneOf(MODES, "compression"))
 
     def __attrs_post_init__(self) -> None:
+        if self.link == "criu" and self.compress in ("zstd", "lz4"):
+            raise ValueError(
+                f"--compress {self.compress} needs imgrelay's link: --link criu sends images raw, as CRIU's "
+                "image-cache reads them (drop --compress, or use --compress none)"
+            )
         if self.imagesDir is None and self.local is None:
             raise ValueError("give the images directory (--images-dir) or a local endpoint for CRIU's socket (--local)")
         if not self.sessionName:

@@ -176,6 +176,8 @@ class ProxyOptions(_Options):
         ["reconnect-timeout", None, _default(ProxyConfig, "reconnectTimeout"), "After a broken link, reconnect with "
          "back-off and resume the session; fail it after this many seconds without a link the cache accepted.",
          float],
+        ["compress", None, _default(ProxyConfig, "compress"), "Link compression: auto (Zstandard chunk by chunk "
+         "while the link is the bottleneck and the data shrinks), zstd, lz4 (every chunk that shrinks), or none."],
     ]
 
     def config(self) -> ProxyConfig:
@@ -198,7 +200,7 @@ class ProxyOptions(_Options):
             extra["tlsHostname"] = self["tls-hostname"]
         return ProxyConfig(
             connect=self["connect"], window=self["window"], reconnectTimeout=self["reconnect-timeout"],
-            **self._common(), **extra,
+            compress=self["compress"], **self._common(), **extra,
         )
 
 

@@ -31,6 +31,7 @@ def watchSlot(slot: Union[SessionSlot, SessionRegistry], stats: DaemonStats) -> 
             # A CRIU image-proxy's link counts no bytes as they arrive:
             # its images are all there is.
             lambda: (max(session.received, session.bytes), session.inFlight),
+            lambda: session.linkBytes,
         )
 
         def verified(image: Image) -> None:

@@ -307,6 +307,8 @@ class CacheLinkState:
         else:
             self._chunkTarget = target
         self._received += size
+        assert self.session is not None
+        self.session.linkBytes += message.length
         if self._received > self.limits.maxSessionBytes:
             raise SessionError(
                 f"more than {self.limits.maxSessionBytes} bytes in the session (--max-session-bytes)"

@@ -92,6 +92,8 @@ class Session:
         self.failure: Optional[str] = None
         self.failureKind: Optional[str] = None
         self.received = 0
+        #: What the image content came to on the link (compressed or not).
+        self.linkBytes = 0
         self._imageObservers: Observers[Image] = Observers()
         self.images: dict[Key, Image] = {}
         self.snapshots: list[str] = []

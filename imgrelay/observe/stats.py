@@ -59,6 +59,9 @@ class SessionStats:
     @ivar error: Why it failed, or None.
     @ivar snapshots: Per snapshot id, in order of first appearance.
     @ivar probe: Reads live bytes and open images; dropped once over.
+    @ivar linkBytes: What the image bytes came to on the link, compressed
+        or not, at the last reading; None where not counted.
+    @ivar linkProbe: Reads C{linkBytes}; dropped once over.
     """
 
     name: str
@@ -72,6 +75,8 @@ class SessionStats:
     error: Optional[str] = None
     snapshots: dict[str, SnapshotStats] = attrs.Factory(dict)
     probe: Optional[Probe] = None
+    linkBytes: Optional[int] = None
+    linkProbe: Optional[Callable[[], int]] = None
     _sampledBytes: int = 0
     _sampledAt: float = 0.0
 
@@ -88,6 +93,16 @@ class SessionStats:
         """
         if self.probe is not None:
             self.bytes, self.open = self.probe()
+        if self.linkProbe is not None:
+            self.linkBytes = self.linkProbe()
+
+    @property
+    def ratio(self) -> Optional[float]:
+        """
+        @return: Image bytes per byte on the link (above 1 when compression
+            saved some), or None before any or where not counted.
+        """
+        return self.bytes / self.linkBytes if self.linkBytes else None
 
     def seconds(self, now: float) -> float:
         """
@@ -118,6 +133,8 @@ class SessionStats:
             "error": self.error,
             "snapshots": {k: {"images": v.images, "bytes": v.bytes} for k, v in self.snapshots.items()},
             "ended": self.ended,
+            "link_bytes": self.linkBytes,
+            "ratio": self.ratio,
         }
 
     def status(self, now: float) -> dict[str, Any]:
@@ -130,6 +147,8 @@ class SessionStats:
             "images": self.images,
             "open": self.open,
             "bytes": self.bytes,
+            "link_bytes": self.linkBytes,
+            "ratio": self.ratio,
             "rate": self.rate,
             "seconds": self.seconds(now),
             "error": self.error,
@@ -174,6 +193,7 @@ class DaemonStats:
         self.ended: deque[SessionStats] = deque(maxlen=KEEP_ENDED)
         self.images = 0
         self._endedBytes = 0
+        self._endedLinkBytes = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self._listeners: list[Listener] = []
@@ -197,17 +217,27 @@ class DaemonStats:
         """
         return self._endedBytes + sum(s.bytes for s in self.active)
 
-    def begin(self, name: str, state: str, probe: Optional[Probe] = None) -> SessionStats:
+    @property
+    def linkBytes(self) -> int:
+        """
+        What the image bytes of every session came to on the link.
+        """
+        return self._endedLinkBytes + sum(s.linkBytes or 0 for s in self.active)
+
+    def begin(
+        self, name: str, state: str, probe: Optional[Probe] = None, link: Optional[Callable[[], int]] = None,
+    ) -> SessionStats:
         """
         A session started.
 
         @param name: Its name.
         @param state: Its active state: C{receiving} or C{sending}.
         @param probe: Reads its live bytes and open images.
+        @param link: Reads what its image bytes came to on the link.
         @return: Its counters, to pass to the other methods.
         """
         now = self._clock()
-        session = SessionStats(name, state, now, probe=probe, sampledAt=now)
+        session = SessionStats(name, state, now, probe=probe, linkProbe=link, sampledAt=now)
         self.active.append(session)
         return session
 
@@ -258,7 +288,7 @@ class DaemonStats:
         session.refresh()
         if bytes is not None:
             session.bytes = bytes
-        session.probe = None
+        session.probe = session.linkProbe = None
         session.open = 0
         session.rate = 0.0
         session.state = outcome
@@ -266,6 +296,7 @@ class DaemonStats:
         self.active.remove(session)
         self.ended.append(session)
         self._endedBytes += session.bytes
+        self._endedLinkBytes += session.linkBytes or 0
         self.outcomes[outcome] += 1
         self._tell(outcome, session)
 
@@ -306,6 +337,7 @@ class DaemonStats:
             "sessions": [s.status(now) for s in [*self.ended, *self.active]],
             "totals": {
                 "bytes": self.bytes,
+                "link_bytes": self.linkBytes,
                 "images": self.images,
                 "sessions": dict(self.outcomes),
                 "errors": dict(self.errors),

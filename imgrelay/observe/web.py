@@ -37,7 +37,8 @@ class StatsCollector:
 
     def collect(self) -> Iterator[Any]:
         """
-        @return: The metric families: bytes, images, sessions by outcome and
+        @return: The metric families: bytes (of images, and on the links),
+            images, sessions by outcome and
             errors by kind (counters); active sessions and bytes held
             (gauges).
         """
@@ -47,6 +48,10 @@ class StatsCollector:
         stats.refresh()
         yield CounterMetricFamily(
             "imgrelay_bytes_total", "Bytes of image content moved over links.", value=stats.bytes
+        )
+        yield CounterMetricFamily(
+            "imgrelay_link_bytes_total",
+            "What that image content came to on the links, compressed or not.", value=stats.linkBytes,
         )
         yield CounterMetricFamily("imgrelay_images_total", "Images verified.", value=stats.images)
         sessions = CounterMetricFamily("imgrelay_sessions_total", "Sessions ended, by outcome.", labels=["outcome"])

@@ -35,7 +35,9 @@ def watchProxy(service: ProxyService, stats: DaemonStats) -> None:
     """
 
     def started(session: ProxySession) -> None:
-        counters = stats.begin(session.name, "sending", lambda: (session.bytesRead, session.openImages))
+        counters = stats.begin(
+            session.name, "sending", lambda: (session.bytesRead, session.openImages), lambda: session.bytesOnLink,
+        )
 
         def acked(image: OutgoingImage) -> None:
             stats.imageVerified(counters, image.snapshotId, image.checksum.size)

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from imgrelay.wire.framing import FramingError, HeaderReceived
 from imgrelay.transport.keepalive import watchPeer
+from imgrelay.proxy.packer import Compression
 from imgrelay.proxy.stream import DEFAULT_WINDOW, IConnection, LinkStream
 from imgrelay.wire.link import cacheMessageFramer, frame
 from imgrelay.proxy.outbound import Buffer
@@ -241,7 +242,7 @@ class ProxyLinkFactory(ClientFactory):
 
     def __init__(
         self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW,
-        idleTimeout: Optional[float] = None,
+        idleTimeout: Optional[float] = None, compression: Optional[Compression] = None,
     ) -> None:
         """
         @param session: The session every connection carries.
@@ -250,11 +251,12 @@ class ProxyLinkFactory(ClientFactory):
         @param idleTimeout: Seconds the cache may take to answer a hello
             before the connection is dropped (and dialled again); None for
             no limit.
+        @param compression: How to compress, if at all.
         """
         self.idleTimeout = idleTimeout
         self.session = session
         self.reactor = reactor
-        self.stream = LinkStream(session, window)
+        self.stream = LinkStream(session, window, compression)
         self.current: Optional[ProxyLinkProtocol] = None
 
     def buildProtocol(self, addr: object) -> ProxyLinkProtocol:

@@ -24,11 +24,13 @@ from imgrelay.local.streamcapture import StreamCaptureFactory
 from imgrelay.proxy.criulink import CriuLinkSenderFactory
 from imgrelay.proxy.feeds import observeProxy
 from imgrelay.proxy.link import ProxyLinkFactory
+from imgrelay.proxy.packer import Compression
 from imgrelay.proxy.reconnect import LinkDriver
 from imgrelay.proxy.remote import ProxyRemoteBackend
 from imgrelay.proxy.session import ProxySession
 from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.transport.tls import clientEndpoint
+from imgrelay.transport.workers import Workers
 
 if TYPE_CHECKING:
     # Only a name for the type checker: the config sits above the services.
@@ -92,6 +94,10 @@ class ProxyService(MultiService):
             factory = StreamCaptureFactory(self.newSession, reactor, limits)
         localService = strports.service(config.localDescription(), factory, reactor=reactor)
         localService.setServiceParent(self)
+        self.workers = Workers(reactor, "imgrelay-proxy-compress")
+        self.workers.setServiceParent(self)
+        #: How links are compressed.
+        self.compression = Compression(config.compress, self.workers.run)
         self.observer = observeProxy(self, config.observability, reactor, {"local": localService})
         self.observer.setServiceParent(self)
 
@@ -166,9 +172,9 @@ class ProxyService(MultiService):
                 lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
             )
         else:
+            factory = ProxyLinkFactory(session, self.reactor, config.window, config.idleTimeout, self.compression)
             driver = LinkDriver(
-                self._connect, ProxyLinkFactory(session, self.reactor, config.window, config.idleTimeout), self.reactor,
-                self.connectDescription, config.reconnectTimeout,
+                self._connect, factory, self.reactor, self.connectDescription, config.reconnectTimeout,
             )
             self._drivers.add(driver)
             driver.whenClosed().addCallback(lambda _: self._drivers.discard(driver))

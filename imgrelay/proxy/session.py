@@ -134,6 +134,9 @@ class ProxySession:
         self._ackObservers: Observers[OutgoingImage] = Observers()
         #: Bytes of image content read from CRIU so far.
         self.bytesRead = 0
+        #: What the image content sent so far came to on the link
+        #: (compressed or not; resent bytes not counted again).
+        self.bytesOnLink = 0
 
     # Calls from the local (CRIU) side.
 

@@ -25,6 +25,9 @@ from imgrelay.wire.pb import link_pb2
 from imgrelay.transport.pipes import PIPE_BLOCK, BufferRing
 from imgrelay.proxy.session import ProxySession
 from imgrelay.proxy.interfaces import ILinkSender
+from imgrelay.proxy.compresspolicy import AutoPolicy
+from imgrelay.proxy.packer import Compression, Packer, choose
+from imgrelay.wire.codecs import RAW
 
 #: The most session-stream bytes the proxy holds unacknowledged, by default.
 DEFAULT_WINDOW = 64 << 20
@@ -66,10 +69,14 @@ class LinkStream:
 
     log = Logger()
 
-    def __init__(self, session: ProxySession, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, session: ProxySession, window: int = DEFAULT_WINDOW, compression: Optional[Compression] = None,
+    ) -> None:
         """
         @param session: The session to carry.
         @param window: See L{window}; at least L{MIN_WINDOW}.
+        @param compression: How to compress, agreed with the cache when it
+            first accepts; None for never.
         """
         if window < MIN_WINDOW:
             raise ValueError(f"window of {window} bytes is under {MIN_WINDOW}")
@@ -82,6 +89,8 @@ class LinkStream:
             keep=max(16, window // PIPE_BLOCK // 2),
         )
         self.accepted = False
+        self.compression = compression
+        self.packer: Optional[Packer] = None
         self._connection: Optional[IConnection] = None
         self._closes: dict[int, int] = {}
         self._ended = False
@@ -147,6 +156,7 @@ class LinkStream:
         """
         if not data:
             return
+        self.session.bytesOnLink += len(data)
         if len(data) <= MAX_CHUNK:
             self._emit([chunkHeader(image, len(data)), data])
             return
@@ -154,6 +164,22 @@ class LinkStream:
         for start in range(0, len(view), MAX_CHUNK):
             piece = view[start : start + MAX_CHUNK]
             self._emit([chunkHeader(image, len(piece)), piece])
+
+    def sendPackedChunk(self, image: int, encoding: int, size: int, payload: bytes) -> None:
+        """
+        Send C{size} bytes of an image, encoded as C{payload}.
+        """
+        self.session.bytesOnLink += len(payload)
+        header = link_pb2.Chunk(image=image, length=len(payload), encoding=encoding, size=size)  # type: ignore[arg-type]
+        self._emit([frame(ProxyMessage(chunk=header)), payload])
+
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the link holds the stream back: a quarter of the window or
+        more is waiting for the cache.
+        """
+        return self.outbound.held >= self.window // 4
 
     def sendClose(self, image: int, size: int, crc: int) -> None:
         """
@@ -203,7 +229,7 @@ class LinkStream:
             previous.close()
         if not self.accepted:
             self.accepted = True
-            session.accepted(self)
+            session.accepted(self._sender(list(accept.encodings)))
         else:
             # Every image whose close the cache has taken was verified (a
             # refused one fails the session, and it would not resume).
@@ -223,6 +249,21 @@ class LinkStream:
             connection.write(resend)
         self._checkWindow()
         self._tell(True)
+
+    def _sender(self, offered: list[int]) -> ILinkSender:
+        """
+        @return: What the session sends through: this stream, or a
+            L{Packer} in front of it if the cache decodes what was asked.
+        """
+        if self.compression is None:
+            return self
+        encoding, why = choose(self.compression.mode, offered)
+        self.log.info("session {session}: link compression {why}", session=self.session.name, why=why)
+        if encoding == RAW:
+            return self
+        policy = AutoPolicy() if self.compression.mode == "auto" else None
+        self.packer = Packer(self, self.session, encoding, self.compression.run, policy)
+        return self.packer
 
     def detach(self, connection: IConnection, reason: str) -> None:
         """
@@ -250,6 +291,8 @@ class LinkStream:
         except BadOffset as e:
             self.session.failed(f"cache reported impossible progress: {e}")
             return
+        if self.packer is not None:
+            self.packer.acked(received)
         self._checkWindow()
 
     def imageAcked(self, imageId: int) -> None:

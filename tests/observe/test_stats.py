@@ -55,6 +55,7 @@ class DaemonStatsTests(SynchronousTestCase):
                 "sessions": [],
                 "totals": {
                     "bytes": 0,
+                    "link_bytes": 0,
                     "images": 0,
                     "sessions": {"complete": 0, "failed": 0},
                     "errors": {"checksum": 0, "protocol": 0, "other": 0},
@@ -80,8 +81,8 @@ class DaemonStatsTests(SynchronousTestCase):
         status = self.stats.status()
         self.assertEqual(
             status["sessions"],
-            [{"name": "mig", "state": "receiving", "images": 4, "open": 2, "bytes": 400, "rate": 0.0,
-              "seconds": 3.0, "error": None, "snapshots": ["1", "2"]}],
+            [{"name": "mig", "state": "receiving", "images": 4, "open": 2, "bytes": 400, "link_bytes": None,
+              "ratio": None, "rate": 0.0, "seconds": 3.0, "error": None, "snapshots": ["1", "2"]}],
         )
         self.assertEqual((status["totals"]["bytes"], status["totals"]["images"], status["totals"]["active"]),
                          (400, 4, 1))
@@ -147,7 +148,7 @@ class DaemonStatsTests(SynchronousTestCase):
         self.assertEqual(
             s.record(),
             {"session": "mig", "outcome": "complete", "images": 2, "bytes": 4000, "seconds": 2.0,
-             "rate": 2000.0, "error": None, "ended": 1002.0,
+             "rate": 2000.0, "error": None, "ended": 1002.0, "link_bytes": None, "ratio": None,
              "snapshots": {"1": {"images": 1, "bytes": 3000}, "2": {"images": 1, "bytes": 1000}}},
         )
         # Bytes arriving later on the live object no longer count.
@@ -243,3 +244,29 @@ class SessionStatsTests(SynchronousTestCase):
         """
         s = SessionStats("x", "complete", 10.0, ended=10.0, bytes=50)
         self.assertEqual(s.averageRate(), 0.0)
+
+
+class LinkBytesTests(SynchronousTestCase):
+    """
+    What a session's image bytes came to on the link, and the ratio.
+    """
+
+    def test_ratio(self) -> None:
+        """
+        A session whose 4000 image bytes went as 1000 on the link has a
+        ratio of 4, in its status, its record and the totals; the reading
+        stops once it is over.
+        """
+        clock = Clock()
+        stats = DaemonStats("proxy", clock.seconds, "9.9")
+        onLink = [0]
+        s = stats.begin("mig", "sending", lambda: (4000, 0), lambda: onLink[0])
+        self.assertIsNone(stats.status()["sessions"][0]["ratio"])
+        onLink[0] = 1000
+        [entry] = stats.status()["sessions"]
+        self.assertEqual((entry["link_bytes"], entry["ratio"]), (1000, 4.0))
+        stats.complete(s)
+        onLink[0] = 5
+        self.assertEqual((s.record()["link_bytes"], s.record()["ratio"]), (1000, 4.0))
+        self.assertEqual(stats.status()["totals"]["link_bytes"], 1000)
+        self.assertEqual(stats.linkBytes, 1000)

@@ -70,6 +70,7 @@ class ResourceTests(SynchronousTestCase):
             got,
             {
                 ("imgrelay_bytes_total", ()): 150.0,
+                ("imgrelay_link_bytes_total", ()): 0.0,
                 ("imgrelay_images_total", ()): 1.0,
                 ("imgrelay_sessions_total", (("outcome", "complete"),)): 1.0,
                 ("imgrelay_sessions_total", (("outcome", "failed"),)): 1.0,

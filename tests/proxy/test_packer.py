@@ -1,0 +1,233 @@
+"""
+Tests for L{imgrelay.proxy.packer}: chunks compressed in order, the queue
+bounded, the raw path uncopied, and the agreement with the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgrelay.proxy.interfaces import ILinkSender
+from imgrelay.proxy.packer import MAX_PENDING, Packer, choose
+from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
+from imgrelay.wire.link import MAX_CHUNK
+
+HEAP = b"".join(b"key-%d:value-%d;" % (i % 97, i % 13) for i in range(40_000))
+
+
+class _Stream:
+    """
+    Records what reaches the link.
+    """
+
+    ring = object()
+    congested = False
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def sendOpen(self, image: int, snapshotId: str, name: str, mode: int) -> None:
+        self.sent.append(("open", image))
+
+    def sendSnapshot(self, snapshotId: str) -> None:
+        self.sent.append(("snapshot", snapshotId))
+
+    def sendChunk(self, image: int, data: Any) -> None:
+        self.sent.append(("raw", image, data))
+
+    def sendPackedChunk(self, image: int, encoding: int, size: int, payload: bytes) -> None:
+        self.sent.append(("packed", image, decode(encoding, payload, size)))
+
+    def sendClose(self, image: int, size: int, crc: int) -> None:
+        self.sent.append(("close", image))
+
+    def sendDone(self, images: int, size: int, digest: bytes) -> None:
+        self.sent.append(("done",))
+
+    def sendAbort(self, reason: str) -> None:
+        self.sent.append(("abort", reason))
+
+    def chunks(self) -> list[tuple[str, bytes]]:
+        return [(e[0], bytes(e[2])) for e in self.sent if e[0] in ("raw", "packed")]
+
+
+class _Session:
+    name = "s"
+
+    def __init__(self) -> None:
+        self.holds: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        self.holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        self.holds.discard(reason)
+
+
+class _Threads:
+    """
+    Runs work when the test says, in any order.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((work, args, d))
+        return d
+
+    def finish(self, index: int = 0) -> None:
+        work, args, d = self.jobs.pop(index)
+        d.callback(work(*args))
+
+
+class PackerTests(SynchronousTestCase):
+    """
+    A packer compressing every chunk (C{--compress zstd}).
+    """
+
+    def setUp(self) -> None:
+        self.stream = _Stream()
+        self.session = _Session()
+        self.threads = _Threads()
+        self.packer = Packer(self.stream, self.session, ZSTD, self.threads)
+
+    def test_interface(self) -> None:
+        verifyObject(ILinkSender, self.packer)
+        self.assertIs(self.packer.ring, self.stream.ring)
+
+    def test_inOrder(self) -> None:
+        """
+        Whatever order the compressions end in, the link gets everything in
+        the order the session sent it.
+        """
+        a, b = HEAP[:100_000], HEAP[100_000:200_000]
+        self.packer.sendOpen(1, "", "a.img", 0)
+        self.packer.sendChunk(1, a)
+        self.packer.sendOpen(2, "", "b.img", 0)
+        self.packer.sendChunk(2, b)
+        self.packer.sendClose(1, len(a), 0)
+        self.packer.sendDone(2, 0, b"")
+        self.assertEqual(self.stream.sent, [("open", 1)])
+        self.threads.finish(1)
+        self.assertEqual(self.stream.sent, [("open", 1)])
+        self.threads.finish(0)
+        self.assertEqual([e[0] for e in self.stream.sent], ["open", "packed", "open", "packed", "close", "done"])
+        self.assertEqual(self.stream.chunks(), [("packed", a), ("packed", b)])
+
+    def test_queuedRawIsCopied(self) -> None:
+        """
+        A chunk that goes raw while another is being compressed is copied:
+        its pipe buffer may be read into again before it goes out.
+        """
+        self.packer.sendChunk(1, HEAP[:50_000])
+        buffer = bytearray(b"x" * 1000)
+        self.packer._compressNext = lambda: False  # type: ignore[method-assign]
+        self.packer.sendChunk(1, memoryview(buffer))
+        buffer[:] = b"y" * 1000
+        self.threads.finish()
+        self.assertEqual(self.stream.chunks()[1], ("raw", b"x" * 1000))
+
+    def test_rawUncopied(self) -> None:
+        """
+        With nothing queued, a raw chunk reaches the link as it was given.
+        """
+        self.packer._compressNext = lambda: False  # type: ignore[method-assign]
+        view = memoryview(bytearray(b"abc"))
+        self.packer.sendChunk(1, view)  # type: ignore[arg-type]
+        self.assertIs(self.stream.sent[0][2].obj, view.obj)
+
+    def test_notShrinking(self) -> None:
+        """
+        A chunk that does not shrink enough goes raw.
+        """
+        import os
+
+        data = os.urandom(100_000)
+        self.packer.sendChunk(1, data)
+        self.threads.finish()
+        self.assertEqual(self.stream.chunks(), [("raw", data)])
+
+    def test_bounded(self) -> None:
+        """
+        At L{MAX_PENDING} compressions the session's pipes are held, and
+        released when one ends.
+        """
+        for i in range(MAX_PENDING - 1):
+            self.packer.sendChunk(1, HEAP[i * 1000:(i + 1) * 1000])
+        self.assertEqual(self.session.holds, set())
+        self.packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(self.session.holds, {"compress"})
+        self.threads.finish()
+        self.assertEqual(self.session.holds, set())
+
+    def test_largeChunkSplit(self) -> None:
+        """
+        A chunk over the largest the link takes is compressed in pieces.
+        """
+        data = (HEAP * ((MAX_CHUNK // len(HEAP)) + 2))[:MAX_CHUNK + 10]
+        self.packer.sendChunk(1, data)
+        self.assertEqual(len(self.threads.jobs), 2)
+        self.threads.finish()
+        self.threads.finish()
+        self.assertEqual([len(c) for _, c in self.stream.chunks()], [MAX_CHUNK, 10])
+
+    def test_failureGoesRaw(self) -> None:
+        """
+        A compression that fails sends its chunk raw, and the rest raw too,
+        saying so once.
+        """
+        packer = Packer(self.stream, self.session, ZSTD, lambda *a: fail(MemoryError("no memory")))
+        packer.sendChunk(1, HEAP[:1000])
+        packer.sendChunk(1, HEAP[1000:2000])
+        self.assertEqual(self.stream.chunks(), [("raw", HEAP[:1000]), ("raw", HEAP[1000:2000])])
+        self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
+
+    def test_abortSkipsQueue(self) -> None:
+        """
+        An abort goes out at once; what was queued is dropped.
+        """
+        self.packer.sendChunk(1, HEAP[:1000])
+        self.packer.sendClose(1, 1000, 0)
+        self.packer.sendAbort("gone")
+        self.assertEqual(self.stream.sent, [("abort", "gone")])
+        self.threads.finish()
+        self.assertEqual(self.stream.sent, [("abort", "gone")])
+
+    def test_inThreadsForReal(self) -> None:
+        """
+        With work run at once (as in a thread), chunks go out compressed.
+        """
+        packer = Packer(self.stream, self.session, LZ4, maybeDeferred)
+        packer.sendChunk(3, HEAP)
+        self.assertEqual(self.stream.chunks(), [("packed", HEAP)])
+
+
+class ChooseTests(SynchronousTestCase):
+    """
+    The proxy's C{--compress} against what the cache offers.
+    """
+
+    def test_choices(self) -> None:
+        self.assertEqual(choose("auto", [ZSTD, LZ4])[0], ZSTD)
+        self.assertEqual(choose("auto", [LZ4])[0], LZ4)
+        self.assertEqual(choose("lz4", [ZSTD, LZ4])[0], LZ4)
+        self.assertEqual(choose("zstd", [ZSTD])[0], ZSTD)
+        self.assertEqual(choose("none", [ZSTD, LZ4])[0], RAW)
+
+    def test_olderCache(self) -> None:
+        """
+        A cache that offers nothing (an older one) gets raw chunks, and the
+        log says why.
+        """
+        encoding, why = choose("auto", [])
+        self.assertEqual(encoding, RAW)
+        self.assertIn("decodes no compression", why)
+        encoding, why = choose("zstd", [LZ4])
+        self.assertEqual(encoding, RAW)
+        self.assertIn("decodes only lz4", why)
