@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Optional
 
-from benchmarks import _perf, _profile, _scenarios
+import attrs
+
+from benchmarks import _criu, _perf, _profile, _scenarios
 from benchmarks._content import ReceiveBuffer, Source, expectedDigests, layout, layoutSize
 from benchmarks._report import details, table, targets
 from benchmarks._runner import SYSTEMS, BenchmarkError, RunResult, asDict, runOnce
@@ -38,34 +40,25 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _streamKeys(spec: Optional[str]) -> list[str]:
     """
-    Run the benchmarks and print the table.
-
-    @return: The exit status: 0 when every run verified every byte.
+    @param spec: C{--scenario}'s value.
+    @return: The keys of L{_scenarios} it names (all if none is named at
+        all), leaving out the real-CRIU ones.
+    @raise KeyError: For an unknown key.
     """
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="imgrelay's benchmarks (issue 5)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
-    parser.add_argument("--scenario", default=None, help=f"comma-separated, of {','.join(_scenarios.KEYS)} (c = both c-*); default all")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply image sizes and file counts (e.g. 0.1 for a quick run)")
-    parser.add_argument("--clients", choices=["process", "thread"], default="process", help="run writer and reader as forked processes (default) or threads")
-    parser.add_argument("--system", default="baseline,imgrelay", help="which systems to run, of imgrelay,baseline,naive (naive: the baseline storing in a new bytearray per piece); default baseline,imgrelay")
-    parser.add_argument("--imgrelay-path", metavar="DIR", help="run the daemons from this checkout of imgrelay (put first on their PYTHONPATH) instead of the installed one")
-    parser.add_argument("--profile", metavar="DIR", help="record the processes under test with py-spy into DIR and print where their time went (slows them: not for the table)")
-    parser.add_argument("--perf", metavar="DIR", help="record the processes under test with Linux perf (kernel frames too: needs root) into DIR and print what their CPU time went to (slows them a little: not for the table)")
-    parser.add_argument("--json", metavar="PATH", help="also write every run's raw measures here")
-    args = parser.parse_args(argv)
-    try:
-        keys = _scenarios.select(args.scenario)
-    except KeyError as e:
-        parser.error(f"unknown scenario {e}")
-    systems = [s for s in args.system.split(",") if s]
-    if not systems or any(s not in SYSTEMS for s in systems):
-        parser.error(f"--system takes {','.join(SYSTEMS)}")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in [args.imgrelay_path, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")] if p
-    )
+    if not spec:
+        return _scenarios.select(spec)
+    rest = [p for p in spec.split(",") if p.strip() and p.strip() not in ("criu", *_criu.KEYS)]
+    return _scenarios.select(",".join(rest)) if rest else []
 
+
+def _streamBenchmarks(args: argparse.Namespace, keys: list[str], systems: list[str]) -> Optional[list[RunResult]]:
+    """
+    Run the scenarios of issue 5 and print their tables.
+
+    @return: Every run's result, or None if one failed.
+    """
     began = time.monotonic()
     source = Source()
     scenarios = [_scenarios.build(k, args.scale) for k in keys]
@@ -95,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     )
     except BenchmarkError as e:
         _log(f"FAILED: {e}")
-        return 1
+        return None
     print(f"\nimgrelay benchmarks: {args.runs} runs, scale {args.scale}, clients in {args.clients}es, "
           f"{time.monotonic() - began:.0f} s in all; every byte of every run verified (BLAKE2b)")
     print(f"imgrelay: {_imgrelayVersion(args.imgrelay_path)}")
@@ -120,9 +113,79 @@ def main(argv: Optional[list[str]] = None) -> int:
                 with open(os.path.join(args.perf, name.rsplit("-", 1)[0] + ".json")) as f:
                     window = json.load(f)
                 print(_perf.summary(os.path.join(args.perf, name), window["since"], window["gib"]))
+    return results
+
+
+def _criuBenchmarks(args: argparse.Namespace, keys: list[str], systems: list[str]) -> Optional[list[_criu.CriuResult]]:
+    """
+    Run the real-CRIU cases (L{_criu}) and print their table, or say why
+    they are skipped.
+
+    @return: Every run's result (none if skipped), or None if one failed.
+    """
+    reason = _criu.unavailable(systems)
+    if reason is not None:
+        print(f"\nreal-CRIU cases ({','.join(keys)}) skipped: {reason}")
+        return []
+    began = time.monotonic()
+    cases = _criu.cases(keys, args.scale)
+    try:
+        results = _criu.benchmark(cases, systems, args.runs, _log)
+    except BenchmarkError as e:
+        _log(f"FAILED: {e}")
+        return None
+    print(f"\nreal-CRIU downtime: {args.runs} runs, scale {args.scale}, {time.monotonic() - began:.0f} s in all; "
+          f"every restored victim checked its own state (same digest as before the dump)")
+    print(f"imgrelay: {_imgrelayVersion(args.imgrelay_path)}")
+    print(_criu.HOW)
+    print(_criu.table(cases, results))
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """
+    Run the benchmarks and print the table.
+
+    @return: The exit status: 0 when every run verified every byte.
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="imgrelay's benchmarks (issue 5)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
+    parser.add_argument("--scenario", default=None, help=f"comma-separated, of {','.join(_scenarios.KEYS + _criu.KEYS)} (c = both c-*, criu = both criu-*: real CRIU, root only); default all")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply image sizes and file counts (e.g. 0.1 for a quick run)")
+    parser.add_argument("--clients", choices=["process", "thread"], default="process", help="run writer and reader as forked processes (default) or threads")
+    parser.add_argument("--system", default="baseline,imgrelay", help="which systems to run, of imgrelay,baseline,naive (naive: the baseline storing in a new bytearray per piece); default baseline,imgrelay")
+    parser.add_argument("--imgrelay-path", metavar="DIR", help="run the daemons from this checkout of imgrelay (put first on their PYTHONPATH) instead of the installed one")
+    parser.add_argument("--profile", metavar="DIR", help="record the processes under test with py-spy into DIR and print where their time went (slows them: not for the table)")
+    parser.add_argument("--perf", metavar="DIR", help="record the processes under test with Linux perf (kernel frames too: needs root) into DIR and print what their CPU time went to (slows them a little: not for the table)")
+    parser.add_argument("--json", metavar="PATH", help="also write every run's raw measures here")
+    args = parser.parse_args(argv)
+    try:
+        keys = _streamKeys(args.scenario)
+    except KeyError as e:
+        parser.error(f"unknown scenario {e}")
+    criuKeys = _criu.selectKeys(args.scenario)
+    systems = [s for s in args.system.split(",") if s]
+    if not systems or any(s not in SYSTEMS for s in systems):
+        parser.error(f"--system takes {','.join(SYSTEMS)}")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in [args.imgrelay_path, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")] if p
+    )
+
+    results: list[RunResult] = []
+    if keys:
+        ran = _streamBenchmarks(args, keys, systems)
+        if ran is None:
+            return 1
+        results = ran
+    criuResults: list[_criu.CriuResult] = []
+    if criuKeys:
+        ranCriu = _criuBenchmarks(args, criuKeys, systems)
+        if ranCriu is None:
+            return 1
+        criuResults = ranCriu
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asDict(r) for r in results], f, indent=1)
+            json.dump([asDict(r) for r in results] + [attrs.asdict(r) for r in criuResults], f, indent=1)
     return 0
 
 
