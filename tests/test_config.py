@@ -62,9 +62,14 @@ class ProxyConfigTests(SynchronousTestCase):
             (dict(idleTimeout=-1), "--idle-timeout"),
             (dict(imagesDir=None), "--images-dir"),
             (dict(connect="unix:/x", tls=TLSFiles("c", "k", "a")), "--tls-hostname"),
+            (dict(compress="gzip"), "unknown compression"),
+            (dict(link="criu", compress="zstd"), "--compress zstd needs imgrelay's link"),
+            (dict(link="criu", compress="lz4"), "--link criu sends images raw"),
         ):
             error = self.assertRaises(ValueError, ProxyConfig, **{**base, **bad})  # type: ignore[arg-type]
             self.assertIn(text, str(error))
+        # The default, auto, is no compression on CRIU's link.
+        self.assertEqual(ProxyConfig(**{**base, "link": "criu"}).compress, "auto")  # type: ignore[arg-type]
 
     def test_unsafeDirectory(self) -> None:
         """

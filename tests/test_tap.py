@@ -73,6 +73,23 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("-" + os.path.basename(self.dir) + "-", session)
         self.assertEqual(checkSessionDirName(session), session)
 
+    def test_compress(self) -> None:
+        """
+        C{--compress} is C{auto} by default, takes the other modes, refuses
+        others and refuses a mode with C{--link criu}, naming the flag.
+        """
+        base = ["--images-dir", self.dir, "--connect", "tcp:host=dest:port=7070"]
+        options = ProxyOptions()
+        options.parseOptions(base)
+        self.assertEqual(options.config().compress, "auto")
+        options = ProxyOptions()
+        options.parseOptions([*base, "--compress", "lz4"])
+        self.assertEqual(options.config().compress, "lz4")
+        for extra, text in ((["--compress", "brotli"], "--compress: unknown compression"),
+                            (["--compress", "zstd", "--link", "criu"], "--link criu sends images raw")):
+            error = self.assertRaises(UsageError, ProxyOptions().parseOptions, [*base, *extra])
+            self.assertIn(text, str(error))
+
     def test_cacheOptions(self) -> None:
         """
         A full cache command line parses into the expected values.

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--reconnect-timeout", metavar="SECONDS", type=float, default=60.0,
                       help="after a broken link, redial and resume; fail after this long without one (default 60)")
     send.add_argument("--snapshot", metavar="ID", default="", help="the snapshot id of the images (default none)")
+    send.add_argument("--compress", choices=["auto", "zstd", "lz4", "none"], default="auto",
+                      help="link compression, as the proxy's (default auto)")
     send.add_argument("--tls-cert", metavar="PEM")
     send.add_argument("--tls-key", metavar="PEM")
     send.add_argument("--tls-ca", metavar="PEM")
@@ -103,8 +105,10 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
+    from twisted.internet.threads import deferToThread
 
     from imgrelay.cli import send as _clisend
+    from imgrelay.proxy.packer import Compression
     from imgrelay.core.names import defaultSessionName
     from imgrelay.transport.tls import TLSFiles
 
@@ -122,17 +126,22 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
         try:
             endpoint = _clisend.linkEndpoint(reactor, args.to, tls, args.tls_hostname)
+            compression = Compression(args.compress, lambda work, *a: deferToThread(work, *a))
             outcome = await _clisend.send(
-                reactor, args.directory, endpoint, name, args.snapshot, Progress(stderr, "send"), args.reconnect_timeout
+                reactor, args.directory, endpoint, name, args.snapshot, Progress(stderr, "send"), args.reconnect_timeout,
+                compression,
             )
         except _clisend.SendError as e:
             if stopping:
                 return
             status.append(_fail(stderr, "send", str(e)))
             return
+        onLink = ""
+        if outcome.linkBytes and outcome.linkBytes != outcome.bytes:
+            onLink = f", {humanBytes(outcome.linkBytes)} on the link ({outcome.bytes / outcome.linkBytes:.1f}x smaller)"
         stdout.write(
             f"sent session {outcome.name}: {outcome.images} images, {humanBytes(outcome.bytes)} "
-            f"({outcome.bytes} bytes) in {outcome.seconds:.2f} s; the cache confirmed it\n"
+            f"({outcome.bytes} bytes){onLink} in {outcome.seconds:.2f} s; the cache confirmed it\n"
         )
         status.append(OK)
 

@@ -27,6 +27,7 @@ from imgrelay.core.errors import SessionError
 from imgrelay.core.interfaces import IOutgoingImage
 from imgrelay.core.names import BadName, checkId, checkImageName
 from imgrelay.proxy.link import ProxyLinkFactory
+from imgrelay.proxy.packer import Compression
 from imgrelay.proxy.reconnect import DEFAULT_GIVE_UP, LinkDriver
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT
 from imgrelay.proxy.session import ProxySession
@@ -153,7 +154,8 @@ class FileReader:
 
 
 def _dial(
-    reactor: Any, endpoint: IStreamClientEndpoint, session: ProxySession, reconnectTimeout: float = DEFAULT_GIVE_UP
+    reactor: Any, endpoint: IStreamClientEndpoint, session: ProxySession, reconnectTimeout: float = DEFAULT_GIVE_UP,
+    compression: Optional[Compression] = None,
 ) -> LinkDriver:
     """
     Connect C{session} to the cache as the proxy does: dial, and after a
@@ -163,7 +165,8 @@ def _dial(
     @return: The started driver.
     """
     driver = LinkDriver(
-        endpoint, ProxyLinkFactory(session, reactor, idleTimeout=DEFAULT_IDLE_TIMEOUT), reactor,
+        endpoint, ProxyLinkFactory(session, reactor, idleTimeout=DEFAULT_IDLE_TIMEOUT, compression=compression),
+        reactor,
         repr(endpoint), reconnectTimeout,
     )
     driver.start()
@@ -196,7 +199,7 @@ def linkEndpoint(
 
 async def send(
     reactor: Any, directory: str, endpoint: IStreamClientEndpoint, sessionName: str, snapshotId: str,
-    progress: Progress, reconnectTimeout: float = DEFAULT_GIVE_UP,
+    progress: Progress, reconnectTimeout: float = DEFAULT_GIVE_UP, compression: Optional[Compression] = None,
 ) -> SessionOutcome:
     """
     Send every image of C{directory} as one session, and wait for the
@@ -207,6 +210,7 @@ async def send(
         session's snapshot list.
     @param reconnectTimeout: Seconds without a link the cache accepted
         after which the send fails.
+    @param compression: How to compress the link; None for not at all.
     @return: What the cache confirmed.
     @raise SendError: If anything failed, saying what.
     """
@@ -227,7 +231,7 @@ async def send(
     # The outcome is awaited at the end; an early failure is raised there.
     result = session.result
     try:
-        _dial(reactor, endpoint, session, reconnectTimeout)
+        _dial(reactor, endpoint, session, reconnectTimeout, compression)
         await session.ready
         if snapshotId:
             session.pushSnapshot(snapshotId)

@@ -47,9 +47,13 @@ class ILinkSender(Interface):
 class SessionOutcome:
     """
     A session the cache confirmed complete.
+
+    @ivar linkBytes: What its image bytes came to on the link (fewer than
+        C{bytes} when compressed).
     """
 
     name: str
     images: int
     bytes: int
     seconds: float
+    linkBytes: int = 0

@@ -293,12 +293,12 @@ class ProxySession:
         self._over = True
         total = sum(e.size for e in self._manifest.values())
         seconds = self.clock() - self._started
-        outcome = SessionOutcome(self.name, len(self._manifest), total, seconds)
+        outcome = SessionOutcome(self.name, len(self._manifest), total, seconds, self.bytesOnLink)
         self.log.info(
             "session {session}: complete, cache confirmed {images} images, {bytes} bytes "
-            "in {seconds:.3f} s ({rate:.1f} MB/s)",
+            "in {seconds:.3f} s ({rate:.1f} MB/s); {linkBytes} bytes on the link",
             session=self.name, images=outcome.images, bytes=total, seconds=seconds,
-            rate=rate(total, seconds),
+            rate=rate(total, seconds), linkBytes=self.bytesOnLink,
         )
         self._overObservers.tellLast(outcome)
         self.result.callback(outcome)

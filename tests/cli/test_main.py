@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,39 @@ class SubprocessTests(TestCase):
         session = await released
         self.assertEqual((session.name, session.state), ("cli", SessionState.COMPLETE))
 
+
+    async def test_sendCompressed(self) -> None:
+        """
+        C{imgrelay send --compress zstd} says how much smaller the images
+        went on the link, and the fetch gives them back byte for byte.
+        """
+        base = tempfile.mkdtemp(prefix="imgrelay-cli-")
+        self.addCleanup(shutil.rmtree, base, True)
+        restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
+        os.mkdir(restore, 0o700)
+        os.mkdir(source)
+        images = {"pages-1.img": b"".join(b"{'item': %d, 'name': 'n%d'}" % (i % 300, i % 7) for i in range(200_000)),
+                  "core-1.img": os.urandom(3000)}
+        for name, content in images.items():
+            with open(os.path.join(source, name), "wb") as f:
+                f.write(content)
+        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore), reactor)
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        address: Any = await cache.linkAddress()
+        to = f"tcp:host=127.0.0.1:port={address.port}"
+
+        def cli(*args: str) -> Any:
+            return getProcessOutputAndValue(sys.executable, ["-m", "imgrelay.cli.main", *args], env=dict(os.environ))
+
+        stdout, stderr, status = await cli("send", source, "--to", to, "--session", "z", "--compress", "zstd")
+        self.assertEqual(status, 0, stderr)
+        self.assertRegex(stdout.decode(), r"on the link \([0-9.]+x smaller\)")
+        stdout, stderr, status = await cli("fetch", "--from", restore, out)
+        self.assertEqual(status, 0, stderr)
+        for name, content in images.items():
+            with open(os.path.join(out, name), "rb") as f:
+                self.assertTrue(f.read() == content, name)
 
     async def test_sendInterrupted(self) -> None:
         """

@@ -222,6 +222,16 @@ class RemoteEndToEndTests(SynchronousTestCase):
         restore reads every snapshot's images and the snapshot list, its
         FINISH ends the cache, and both exit 0.
         """
+        self.predumpsAndDump()
+
+    def test_compressed(self) -> None:
+        """
+        The same with C{--compress zstd}.
+        """
+        proxy = self.predumpsAndDump("--compress", "zstd")
+        self.assertIn("link compression zstd (--compress zstd)", proxy.log())
+
+    def predumpsAndDump(self, *proxyExtra: str) -> Daemon:
         base = tempfile.mkdtemp(prefix="imgrelay-e2e-remote-")
         dumpDir, restoreDir = os.path.join(base, "dump"), os.path.join(base, "restore")
         os.mkdir(dumpDir, 0o700)
@@ -231,7 +241,8 @@ class RemoteEndToEndTests(SynchronousTestCase):
                                           "--images-dir", restoreDir, "--oneshot"], os.path.join(base, "cache.log"))
         self.addCleanup(cache.stop)
         proxy = Daemon("imgrelay-proxy", ["--protocol", "remote", "--connect", f"tcp:host=127.0.0.1:port={port}",
-                                          "--images-dir", dumpDir, "--oneshot"], os.path.join(base, "proxy.log"))
+                                          "--images-dir", dumpDir, "--oneshot", *proxyExtra],
+                       os.path.join(base, "proxy.log"))
         self.addCleanup(proxy.stop)
         cache.waitFor(path=os.path.join(restoreDir, "img-cache.sock"))
         proxy.waitFor(path=os.path.join(dumpDir, "img-proxy.sock"))
@@ -256,6 +267,7 @@ class RemoteEndToEndTests(SynchronousTestCase):
         self.assertIsNone(restore.read("/mig/d3", "memfd.img"))
         restore.finish(criu.O_RDONLY)
         self.assertEqual(cache.wait(), 0, cache.log())
+        return proxy
 
 
 class CuttingRelay:

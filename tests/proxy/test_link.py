@@ -506,7 +506,7 @@ class LinkPairTests(SynchronousTestCase):
         self.session.finish()
         pump.flush()
         total = sum(len(c) for c in contents.values())
-        self.assertEqual(self.successResultOf(self.session.result), SessionOutcome("mig", 4, total, 3))
+        self.assertEqual(self.successResultOf(self.session.result), SessionOutcome("mig", 4, total, 3, total))
         cached = server.state.session
         assert cached is not None
         self.assertIs(cached.state, SessionState.COMPLETE)
