@@ -141,6 +141,13 @@ def _rate(value: Any) -> str:
     return "?" if n is None else ("-" if n == 0 else humanBytes(n) + "/s")
 
 
+def _ratio(value: Any) -> str:
+    # Image bytes per byte on the link; none before any byte, or from a
+    # daemon that does not count them.
+    n = _number(value)
+    return "-" if n is None else f"{n:.1f}x"
+
+
 def duration(seconds: float) -> str:
     """
     @return: C{seconds} for people: C{"12.5 s"}, C{"3m 20s"}, C{"2h 03m"}.
@@ -168,26 +175,30 @@ def renderStatus(document: dict[str, Any]) -> str:
         f"up {'?' if uptime is None else duration(uptime)}"
     ]
     sessions = document.get("sessions")
-    rows = [["NAME", "STATE", "IMAGES", "OPEN", "BYTES", "RATE", "ERROR"]]
+    rows = [["NAME", "STATE", "IMAGES", "OPEN", "BYTES", "SHRUNK", "RATE", "ERROR"]]
     for s in sessions if isinstance(sessions, list) else []:
         if not isinstance(s, dict):
             continue
         error = s.get("error")
         rows.append([
             _text(s.get("name")), _text(s.get("state")), _count(s.get("images")), _count(s.get("open")),
-            _bytes(s.get("bytes")), _rate(s.get("rate")), "-" if error is None else _text(error),
+            _bytes(s.get("bytes")), _ratio(s.get("ratio")), _rate(s.get("rate")),
+            "-" if error is None else _text(error),
         ])
     if len(rows) == 1:
         lines.append("no sessions")
     else:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        right = {2, 3, 4, 5}
+        right = {2, 3, 4, 5, 6}
         for r in rows:
             cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
             lines.append("  ".join(cells + [r[-1]]).rstrip())
     totals = document.get("totals")
     if isinstance(totals, dict):
         parts = [f"totals: {_bytes(totals.get('bytes'))} in {_count(totals.get('images'))} images"]
+        onLink = _number(totals.get("link_bytes"))
+        if onLink and onLink != _number(totals.get("bytes")):
+            parts[0] += f", {_bytes(onLink)} on the link"
         for key in ("sessions", "errors"):
             counts = totals.get(key)
             if isinstance(counts, dict) and counts:

@@ -26,11 +26,11 @@ SAMPLE: dict[str, Any] = {
     "uptime": 12.5,
     "sessions": [
         {"name": "host-a-dump-1f3e9c2a", "state": "receiving", "images": 12, "open": 2, "bytes": 104857600,
-         "rate": 812345678.0, "seconds": 1.9, "error": None, "snapshots": ["1", "2"], "future": {"x": 1}},
+         "link_bytes": 15420235, "ratio": 6.8, "rate": 812345678.0, "seconds": 1.9, "error": None, "snapshots": ["1", "2"], "future": {"x": 1}},
         {"name": "host-b", "state": "failed", "images": 3, "open": 0, "bytes": 2048, "rate": 0,
          "seconds": 0.2, "error": "checksum mismatch on pages-1.img", "snapshots": []},
     ],
-    "totals": {"bytes": 104857600, "images": 12, "sessions": {"complete": 3, "failed": 1},
+    "totals": {"bytes": 104857600, "link_bytes": 15420235, "images": 12, "sessions": {"complete": 3, "failed": 1},
                "errors": {"checksum": 0, "protocol": 1}},
     "unknown": True,
 }
@@ -79,18 +79,20 @@ class RenderTests(SynchronousTestCase):
 
     def test_table(self) -> None:
         """
-        A heading, one aligned row per session with human-readable bytes
-        and rates, the error if any, and the totals; unknown keys are
-        ignored.
+        A heading, one aligned row per session with human-readable bytes,
+        how much smaller they went on the link, rates, the error if any,
+        and the totals; unknown keys are ignored.
         """
         self.assertEqual(
             renderStatus(SAMPLE).splitlines(),
             [
                 "cache 0.1.0, up 12.5 s",
-                "NAME                  STATE      IMAGES  OPEN      BYTES         RATE  ERROR",
-                "host-a-dump-1f3e9c2a  receiving      12     2  100.0 MiB  774.7 MiB/s  -",
-                "host-b                failed          3     0    2.0 KiB            -  checksum mismatch on pages-1.img",
-                "totals: 100.0 MiB in 12 images; sessions: 3 complete, 1 failed; errors: 0 checksum, 1 protocol",
+                "NAME                  STATE      IMAGES  OPEN      BYTES  SHRUNK         RATE  ERROR",
+                "host-a-dump-1f3e9c2a  receiving      12     2  100.0 MiB    6.8x  774.7 MiB/s  -",
+                "host-b                failed          3     0    2.0 KiB       -            -  "
+                "checksum mismatch on pages-1.img",
+                "totals: 100.0 MiB in 12 images, 14.7 MiB on the link; sessions: 3 complete, 1 failed; "
+                "errors: 0 checksum, 1 protocol",
             ],
         )
 
@@ -101,7 +103,7 @@ class RenderTests(SynchronousTestCase):
         """
         text = renderStatus({"sessions": [{"name": "x", "images": "many"}, "junk"]})
         self.assertIn("? ?, up ?", text)
-        self.assertIn("x     ?           ?     ?      ?     ?  -", text)
+        self.assertIn("x     ?           ?     ?      ?       -     ?  -", text)
         self.assertIn("no sessions", renderStatus({"daemon": "proxy", "sessions": []}))
 
     def test_duration(self) -> None:
