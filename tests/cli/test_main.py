@@ -76,6 +76,33 @@ class SubprocessTests(TestCase):
 
     timeout = 120
 
+    async def cacheAndSource(self, images: dict[str, bytes]) -> tuple[str, str, str, str, CacheService]:
+        """
+        A directory holding C{images}, and a cache in this process.
+
+        @return: The restore directory, the source directory, a path for a
+            fetch, the cache's link endpoint, and the cache.
+        """
+        base = tempfile.mkdtemp(prefix="imgrelay-cli-")
+        self.addCleanup(shutil.rmtree, base, True)
+        restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
+        os.mkdir(restore, 0o700)
+        os.mkdir(source)
+        for name, content in images.items():
+            with open(os.path.join(source, name), "wb") as f:
+                f.write(content)
+        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore), reactor)
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        address: Any = await cache.linkAddress()
+        return restore, source, out, f"tcp:host=127.0.0.1:port={address.port}", cache
+
+    def cli(self, *args: str) -> Any:
+        """
+        Run C{imgrelay ARGS} in a subprocess.
+        """
+        return getProcessOutputAndValue(sys.executable, ["-m", "imgrelay.cli.main", *args], env=dict(os.environ))
+
     async def test_sendThenFetch(self) -> None:
         """
         C{imgrelay send} exits 0 once the cache confirmed the session, and
@@ -84,24 +111,11 @@ class SubprocessTests(TestCase):
         lines. Sending the same session again exits 1 with the cache's
         reason on one line.
         """
-        base = tempfile.mkdtemp(prefix="imgrelay-cli-")
-        restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
-        os.mkdir(restore, 0o700)
-        os.mkdir(source)
         images = traces.traceImages()
-        for name, content in images.items():
-            with open(os.path.join(source, name), "wb") as f:
-                f.write(content)
-        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore), reactor)
+        restore, source, out, to, cache = await self.cacheAndSource(images)
         released: Deferred[Session] = Deferred()
         cache.addSessionObserver(released.callback)
-        cache.startService()
-        self.addCleanup(cache.stopService)
-        address: Any = await cache.linkAddress()
-        to = f"tcp:host=127.0.0.1:port={address.port}"
-
-        def cli(*args: str) -> Any:
-            return getProcessOutputAndValue(sys.executable, ["-m", "imgrelay.cli.main", *args], env=dict(os.environ))
+        cli = self.cli
 
         stdout, stderr, status = await cli("send", source, "--to", to, "--session", "cli")
         self.assertEqual(status, 0, stderr)
@@ -134,24 +148,10 @@ class SubprocessTests(TestCase):
         C{imgrelay send --compress zstd} says how much smaller the images
         went on the link, and the fetch gives them back byte for byte.
         """
-        base = tempfile.mkdtemp(prefix="imgrelay-cli-")
-        self.addCleanup(shutil.rmtree, base, True)
-        restore, source, out = (os.path.join(base, d) for d in ("restore", "source", "out"))
-        os.mkdir(restore, 0o700)
-        os.mkdir(source)
         images = {"pages-1.img": b"".join(b"{'item': %d, 'name': 'n%d'}" % (i % 300, i % 7) for i in range(200_000)),
                   "core-1.img": os.urandom(3000)}
-        for name, content in images.items():
-            with open(os.path.join(source, name), "wb") as f:
-                f.write(content)
-        cache = CacheService(CacheConfig(listen="tcp:0:interface=127.0.0.1", imagesDir=restore), reactor)
-        cache.startService()
-        self.addCleanup(cache.stopService)
-        address: Any = await cache.linkAddress()
-        to = f"tcp:host=127.0.0.1:port={address.port}"
-
-        def cli(*args: str) -> Any:
-            return getProcessOutputAndValue(sys.executable, ["-m", "imgrelay.cli.main", *args], env=dict(os.environ))
+        restore, source, out, to, cache = await self.cacheAndSource(images)
+        cli = self.cli
 
         stdout, stderr, status = await cli("send", source, "--to", to, "--session", "z", "--compress", "zstd")
         self.assertEqual(status, 0, stderr)

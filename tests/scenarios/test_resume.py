@@ -244,6 +244,33 @@ class Feeder:
         return True
 
 
+def _cutAfterEachMessage(migration: Migration, boundaries: set[int]) -> Callable[[Wire, int], None]:
+    """
+    @return: What each connection of C{migration} does: carry the hello,
+        then exactly one more message or one chunk's payload, then be cut
+        (every other time before the cache's answers reach the proxy);
+        where the cache's stream stood at each cut goes into
+        C{boundaries}.
+    """
+
+    def connection(wire: Wire, n: int) -> None:
+        # The hello, then the cache's accept and any resend.
+        wire.deliverToCache(len(wire.proxySide.out[0]))
+        wire.deliverToProxy()
+        if not wire.proxySide.out:
+            migration.feed()
+        if wire.proxySide.out and not wire.closed:
+            wire.deliverToCache(len(wire.proxySide.out[0]))
+        stream = wire.cache.stream
+        if stream is not None:
+            boundaries.add(stream.taken)
+        if n % 2:
+            wire.deliverToProxy()
+        wire.cut()
+
+    return connection
+
+
 def _content(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -414,23 +441,7 @@ class ResumeTests(SynchronousTestCase):
         """
         migration = Migration(_contents())
         boundaries: set[int] = set()
-
-        def connection(wire: Wire, n: int) -> None:
-            # The hello, then the cache's accept and any resend.
-            wire.deliverToCache(len(wire.proxySide.out[0]))
-            wire.deliverToProxy()
-            if not wire.proxySide.out:
-                migration.feed()
-            if wire.proxySide.out and not wire.closed:
-                wire.deliverToCache(len(wire.proxySide.out[0]))
-            stream = wire.cache.stream
-            if stream is not None:
-                boundaries.add(stream.taken)
-            if n % 2:
-                wire.deliverToProxy()
-            wire.cut()
-
-        self.run_(migration, connection)
+        self.run_(migration, _cutAfterEachMessage(migration, boundaries))
         migration.assertIntact(self)
         # 64 payloads of the large image alone, each followed by a cut.
         self.assertGreater(len(migration.endpoint.wires), 150)
@@ -881,23 +892,10 @@ class CompressedResumeTests(SynchronousTestCase):
         A cut after every message of the session.
         """
         migration = self.migration("lz4")
-        cuts = [0]
-
-        def connection(wire: Wire, n: int) -> None:
-            wire.deliverToCache(len(wire.proxySide.out[0]))
-            wire.deliverToProxy()
-            if not wire.proxySide.out:
-                migration.feed()
-            if wire.proxySide.out and not wire.closed:
-                wire.deliverToCache(len(wire.proxySide.out[0]))
-            if n % 2:
-                wire.deliverToProxy()
-            cuts[0] += 1
-            wire.cut()
-
-        ResumeTests.run_(self, migration, connection)  # type: ignore[arg-type]
+        boundaries: set[int] = set()
+        ResumeTests.run_(self, migration, _cutAfterEachMessage(migration, boundaries))  # type: ignore[arg-type]
         migration.assertIntact(self)
-        self.assertGreater(cuts[0], 40)
+        self.assertGreater(len(boundaries), 40)
 
     def test_randomOffsets(self) -> None:
         """
