@@ -42,6 +42,8 @@ PROXY_MESSAGES = [
     ProxyMessage(done=link_pb2.Done(images=2, bytes=120633, manifest_sha256=b"\x01" * 32)),
     ProxyMessage(abort=link_pb2.Abort(reason="hostile image name")),
     ProxyMessage(snapshot=link_pb2.SnapshotPush(snapshot_id="/mig/d1")),
+    ProxyMessage(hello=link_pb2.Hello(version=2, session="web-1", resume_token=b"t" * 16, verdict=True)),
+    ProxyMessage(commit=link_pb2.Commit()),
 ]
 
 #: One message of each kind the cache sends.
@@ -56,6 +58,11 @@ CACHE_MESSAGES = [
         accept=link_pb2.Accept(received=1 << 40, open_images=[link_pb2.ImageProgress(image=3, bytes=12)])
     ),
     CacheMessage(progress=link_pb2.Progress(received=123456789)),
+    CacheMessage(accept=link_pb2.Accept(encodings=[link_pb2.ZSTD, link_pb2.LZ4], restores=True)),
+    CacheMessage(verdict=link_pb2.Verdict(restored=True, pid=4242, seconds=1.5)),
+    CacheMessage(verdict=link_pb2.Verdict(restored=False, status=-9, reason="criu restore failed",
+                                          log_tail="Error (criu/cr-restore.c:2324): Restoring FAILED.")),
+    CacheMessage(resolved=link_pb2.Resolved(running=True, seconds=1.6)),
 ]
 
 

@@ -26,18 +26,20 @@ ZSTD: Encoding
 LZ4: Encoding
 
 class Hello(_message.Message):
-    __slots__ = ("version", "session", "resume_token", "resume", "window")
+    __slots__ = ("version", "session", "resume_token", "resume", "window", "verdict")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     version: int
     session: str
     resume_token: bytes
     resume: bool
     window: int
-    def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ..., resume_token: _Optional[bytes] = ..., resume: _Optional[bool] = ..., window: _Optional[int] = ...) -> None: ...
+    verdict: bool
+    def __init__(self, version: _Optional[int] = ..., session: _Optional[str] = ..., resume_token: _Optional[bytes] = ..., resume: _Optional[bool] = ..., window: _Optional[int] = ..., verdict: _Optional[bool] = ...) -> None: ...
 
 class ImageOpen(_message.Message):
     __slots__ = ("image", "name", "snapshot_id", "mode")
@@ -95,8 +97,12 @@ class Abort(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class Commit(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ProxyMessage(_message.Message):
-    __slots__ = ("hello", "open", "chunk", "close", "done", "abort", "snapshot")
+    __slots__ = ("hello", "open", "chunk", "close", "done", "abort", "snapshot", "commit")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +110,7 @@ class ProxyMessage(_message.Message):
     DONE_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     open: ImageOpen
     chunk: Chunk
@@ -111,7 +118,8 @@ class ProxyMessage(_message.Message):
     done: Done
     abort: Abort
     snapshot: SnapshotPush
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotPush, _Mapping]] = ...) -> None: ...
+    commit: Commit
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., open: _Optional[_Union[ImageOpen, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., close: _Optional[_Union[ImageClose, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotPush, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
 
 class ImageProgress(_message.Message):
     __slots__ = ("image", "bytes")
@@ -122,16 +130,18 @@ class ImageProgress(_message.Message):
     def __init__(self, image: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Accept(_message.Message):
-    __slots__ = ("received", "open_images", "heartbeat", "encodings")
+    __slots__ = ("received", "open_images", "heartbeat", "encodings", "restores")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     OPEN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    RESTORES_FIELD_NUMBER: _ClassVar[int]
     received: int
     open_images: _containers.RepeatedCompositeFieldContainer[ImageProgress]
     heartbeat: float
     encodings: _containers.RepeatedScalarFieldContainer[Encoding]
-    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ..., heartbeat: _Optional[float] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ...) -> None: ...
+    restores: bool
+    def __init__(self, received: _Optional[int] = ..., open_images: _Optional[_Iterable[_Union[ImageProgress, _Mapping]]] = ..., heartbeat: _Optional[float] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ..., restores: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("received",)
@@ -169,8 +179,32 @@ class SessionFailed(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class Verdict(_message.Message):
+    __slots__ = ("restored", "pid", "status", "reason", "log_tail", "seconds")
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    restored: bool
+    pid: int
+    status: int
+    reason: str
+    log_tail: str
+    seconds: float
+    def __init__(self, restored: _Optional[bool] = ..., pid: _Optional[int] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., log_tail: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class Resolved(_message.Message):
+    __slots__ = ("running", "seconds")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    running: bool
+    seconds: float
+    def __init__(self, running: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class CacheMessage(_message.Message):
-    __slots__ = ("accept", "refuse", "ack", "image_refused", "done_ok", "failed", "progress")
+    __slots__ = ("accept", "refuse", "ack", "image_refused", "done_ok", "failed", "progress", "verdict", "resolved")
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REFUSE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +212,8 @@ class CacheMessage(_message.Message):
     DONE_OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FIELD_NUMBER: _ClassVar[int]
     accept: Accept
     refuse: Refuse
     ack: ImageAck
@@ -185,4 +221,6 @@ class CacheMessage(_message.Message):
     done_ok: DoneOk
     failed: SessionFailed
     progress: Progress
-    def __init__(self, accept: _Optional[_Union[Accept, _Mapping]] = ..., refuse: _Optional[_Union[Refuse, _Mapping]] = ..., ack: _Optional[_Union[ImageAck, _Mapping]] = ..., image_refused: _Optional[_Union[ImageRefused, _Mapping]] = ..., done_ok: _Optional[_Union[DoneOk, _Mapping]] = ..., failed: _Optional[_Union[SessionFailed, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    verdict: Verdict
+    resolved: Resolved
+    def __init__(self, accept: _Optional[_Union[Accept, _Mapping]] = ..., refuse: _Optional[_Union[Refuse, _Mapping]] = ..., ack: _Optional[_Union[ImageAck, _Mapping]] = ..., image_refused: _Optional[_Union[ImageRefused, _Mapping]] = ..., done_ok: _Optional[_Union[DoneOk, _Mapping]] = ..., failed: _Optional[_Union[SessionFailed, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., resolved: _Optional[_Union[Resolved, _Mapping]] = ...) -> None: ...
