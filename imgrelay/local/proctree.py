@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.local.test_proctree -*-
+"""
+A process tree by its root's pid, as CRIU dumps and restores one: every
+task in it (L{treeOf}), and a signal to all of them (L{signalTree}), to
+resume a tree CRIU left stopped (C{SIGCONT}) or to end one (C{SIGKILL}).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def treeOf(pid: int) -> list[int]:
+    """
+    @return: C{pid} and every process below it, parents before children;
+        empty if there is no such process.
+    """
+    if not os.path.exists(f"/proc/{pid}"):
+        return []
+    tree, todo, seen = [], [pid], set()
+    while todo:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        tree.append(current)
+        todo.extend(_children(current))
+    return tree
+
+
+def signalTree(pid: int, signum: int) -> list[int]:
+    """
+    Send C{signum} to every process of the tree rooted at C{pid}.
+
+    @return: The processes signalled (those gone meanwhile left out).
+    """
+    sent = []
+    for member in treeOf(pid):
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            continue
+        sent.append(member)
+    return sent
+
+
+def resumeTree(pid: int) -> list[int]:
+    """
+    Resume a tree CRIU left stopped (C{--leave-stopped}).
+    """
+    return signalTree(pid, signal.SIGCONT)
+
+
+def killTree(pid: int) -> list[int]:
+    """
+    Kill a tree, stopped or not.
+    """
+    return signalTree(pid, signal.SIGKILL)
+
+
+def state(pid: int) -> str | None:
+    """
+    @return: The state letter of C{pid} (C{"T"} stopped, C{"Z"} zombie,
+        ...), or None if there is no such process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:][:1].decode()
