@@ -19,6 +19,7 @@ C{--sessions-root}); a service built from it checks nothing again.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Union
 
 import attrs
@@ -29,6 +30,7 @@ from imgrelay.cache.resume import DEFAULT_RESUME_TIMEOUT
 from imgrelay.cache.registry import DEFAULT_MAX_SESSIONS
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits, flag, positive
 from imgrelay.core.names import defaultSessionName
+from imgrelay.local.criubin import CriuNotFound, findCriu
 
 from imgrelay.observe.service import Observability
 from imgrelay.proxy.packer import MODES
@@ -83,6 +85,25 @@ def _defaultSessionName(config: ProxyConfig) -> Optional[str]:
     return defaultSessionName(config.imagesDir) if config.imagesDir is not None else None
 
 
+def _defaultCriu(config: CacheConfig) -> Optional[str]:
+    if not config.restore:
+        return None
+    try:
+        return findCriu()
+    except CriuNotFound as e:
+        raise ValueError(f"--restore needs CRIU: {e} (or give --criu)") from None
+
+
+def _checkRestore(config: CacheConfig) -> None:
+    if config.protocol != "stream" or config.link != "imgrelay" or config.local is not None:
+        raise ValueError(
+            "--restore runs criu restore --stream on the session's own socket: not with --protocol remote, "
+            "--link criu or --local"
+        )
+    if config.criu is None or not os.access(config.criu, os.X_OK):
+        raise ValueError(f"--criu: {config.criu!r} is not an executable file")
+
+
 def _defaultTLSHostname(config: ProxyConfig) -> Optional[str]:
     return hostOf(config.connect) if isinstance(config.connect, str) else None
 
@@ -130,6 +151,8 @@ class ProxyConfig:
         it makes the migration faster, chunk by chunk), C{"zstd"},
         C{"lz4"} (every chunk that shrinks), or C{"none"}; only what the
         cache decodes is used.
+    @ivar verdict: Each session is C{imgrelay migrate}'s: the cache must
+        restore it itself (C{--restore}) and give its verdict afterwards.
     """
 
     connect: Union[str, IStreamClientEndpoint]
@@ -149,6 +172,7 @@ class ProxyConfig:
     verbose: bool = False
     oneshot: bool = False
     compress: str = attrs.field(default="auto", validator=_oneOf(MODES, "compression"))
+    verdict: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.link == "criu" and self.compress in ("zstd", "lz4"):
@@ -230,6 +254,12 @@ class CacheConfig:
         HTTP status endpoint.
     @ivar verbose: Log every image, not only those of 1 MiB or more.
     @ivar oneshot: Serve one session (with C{imagesDir} only).
+    @ivar restore: Run C{criu restore --stream} itself for each session
+        C{imgrelay migrate} sends, leave the restored tree stopped, and
+        resume it once the source commits (docs/migrate.md).
+    @ivar criu: With C{restore}: the CRIU binary; by default
+        C{IMGRELAY_CRIU}, else C{criu} on C{PATH}.
+    @ivar restoreArgs: With C{restore}: more arguments for C{criu restore}.
     """
 
     listen: str
@@ -250,8 +280,13 @@ class CacheConfig:
     observability: Observability = Observability()
     verbose: bool = False
     oneshot: bool = False
+    restore: bool = False
+    criu: Optional[str] = attrs.field(default=attrs.Factory(_defaultCriu, takes_self=True))
+    restoreArgs: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
+        if self.restore:
+            _checkRestore(self)
         if not 0 <= self.retain < float("inf"):
             raise ValueError(f"--retain: {self.retain!r} is not a number of seconds, 0 or more")
         if self.sessionsRoot is None:

@@ -7,6 +7,7 @@ C{twistd imgrelay-cache}.
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any, Union
 
 from twisted.application.service import IService
@@ -234,6 +235,13 @@ class CacheOptions(_Options):
         ["heartbeat", None, _default(CacheConfig, "heartbeat"), "Seconds between the cache's word to a quiet "
          "link; a proxy that hears nothing for three of them drops the link and resumes the session on a new one "
          "(0: none).", float],
+        ["criu", None, None, "With --restore: the CRIU binary (default: $IMGRELAY_CRIU, else criu on PATH)."],
+        ["restore-args", None, "", "With --restore: more arguments for criu restore, as a shell would split them."],
+    ]
+    optFlags = [
+        *_Options.optFlags,
+        ["restore", None, "Restore each session from imgrelay migrate here (criu restore --stream), leave the "
+         "tree stopped, and resume it once the source commits."],
     ]
 
     def config(self) -> CacheConfig:
@@ -252,9 +260,22 @@ class CacheOptions(_Options):
         return CacheConfig(
             listen=self["listen"], sessionsRoot=self["sessions-root"], resumeTimeout=self["resume-timeout"],
             retain=self["retain"], maxSessions=self["max-sessions"], maxMemory=self["max-memory"],
-            heartbeat=self["heartbeat"],
-            **self._common(),
+            heartbeat=self["heartbeat"], **self._common(), **self._restore(),
         )
+
+    def _restore(self) -> dict[str, Any]:
+        if not self["restore"]:
+            if self["criu"] is not None or self["restore-args"]:
+                raise usage.UsageError("--criu and --restore-args go with --restore")
+            return {}
+        try:
+            args = tuple(shlex.split(self["restore-args"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--restore-args: {e}") from None
+        extra: dict[str, Any] = {"restore": True, "restoreArgs": args}
+        if self["criu"] is not None:
+            extra["criu"] = self["criu"]
+        return extra
 
 
 def _checkEndpoint(parse: Any, description: str, option: str) -> None:
@@ -304,7 +325,15 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
     """
     reactor = _reactorOr(reactor)
     service = CacheService(options.config(), reactor)
-    if options["oneshot"]:
+    if options["oneshot"] and service.restores is not None:
+        # The restore is the session's reader: the migration is over once
+        # the restored tree runs, or is given up.
+        def resolved(outcome: tuple[str, str]) -> None:
+            # Exit once the links closed: the last answer reached the source.
+            service.whenLinksClosed().addCallback(lambda _: _restoredOneshot(reactor, *outcome))
+
+        service.restores.addResolvedObserver(resolved)
+    elif options["oneshot"]:
 
         def released(session: Session) -> None:
             # Exit once the link closed: its last answer reached the proxy.
@@ -312,6 +341,15 @@ def makeCacheService(options: CacheOptions, reactor: Any = None) -> IService:
 
         service.addSessionObserver(released)
     return Daemon("imgrelay-cache", service)
+
+
+def _restoredOneshot(reactor: Any, session: str, how: str) -> None:
+    if how == "running":
+        log.info("imgrelay-cache: session {session} restored and resumed, exiting", session=session)
+        stopWithStatus(reactor, 0)
+    else:
+        log.error("imgrelay-cache: session {session} not resumed here ({how}), exiting 1", session=session, how=how)
+        stopWithStatus(reactor, 1)
 
 
 def _cacheOneshot(reactor: Any, session: Session) -> None:

@@ -27,7 +27,9 @@ _ALLOWED = {
     "local": {"core", "wire", "transport", "observe"},
     "proxy": {"core", "wire", "transport", "observe", "local"},
     "cache": {"core", "wire", "transport", "observe", "local"},
-    "cli": {"core", "wire", "transport", "observe", "local", "proxy"},
+    # The command builds a proxy's config (imgrelay migrate), as the twistd
+    # options do.
+    "cli": {"core", "wire", "transport", "observe", "local", "proxy", "top"},
 }
 
 #: The most lines a module may have: about 400, a screenful or two of one
@@ -93,7 +95,7 @@ class LayoutTests(SynchronousTestCase):
                 continue
             for target, line in _runtimeImports(path):
                 targetLayer = _layer(target)
-                if targetLayer == "top":
+                if targetLayer == "top" and "top" not in _ALLOWED[layer]:
                     wrong.append(f"{module}:{line} imports {target} (the top level)")
                 elif targetLayer != layer and targetLayer not in _ALLOWED[layer]:
                     wrong.append(f"{module}:{line} imports {target} ({layer} -> {targetLayer})")

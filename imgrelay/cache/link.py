@@ -25,6 +25,7 @@ from imgrelay.cache.linktimers import LinkTimers
 from imgrelay.cache.memory import IBoundReader, MemoryBound
 from imgrelay.cache.resume import CacheStream
 from imgrelay.cache.unpack import Decoder, decodeInline
+from imgrelay.cache.verdicts import RestoreJobs, VerdictLink
 from imgrelay.core.errors import ProtocolError, SessionError
 from imgrelay.core.interfaces import ISessionClaims
 from imgrelay.core.limits import DEFAULT_IDLE_TIMEOUT, Limits
@@ -60,6 +61,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         verbose: bool = False, limits: Limits = Limits(), bound: Optional[MemoryBound] = None,
         resumes: Optional[IResumeTable] = None, links: Optional[IOpenLinks] = None,
         idleTimeout: Optional[float] = None, heartbeat: float = 0.0, decoder: Decoder = decodeInline,
+        restores: Optional[RestoreJobs] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -78,7 +80,11 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         @param heartbeat: Seconds between the progress reports on a quiet
             link (L{link_pb2.Accept.heartbeat}); 0 for none.
         @param decoder: How encoded chunks are decoded.
+        @param restores: With C{--restore}: the restores, for sessions and
+            verdict links.
         """
+        self._restores = restores
+        self._verdictLink: Optional[VerdictLink] = None
         self._heartbeat = heartbeat
         self._timers = LinkTimers(self._reactorOrGlobal)
         self._lost = False
@@ -134,24 +140,18 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             self.setTimeout(self._idleTimeout)
 
     def timeoutConnection(self) -> None:
-        """
-        No hello came in time (L{TimeoutMixin}).
-        """
+        """No hello came in time (L{TimeoutMixin})."""
         if self.stream is None and not self._closing:
             self._fail(f"no hello within {self.timeOut:g} s (--idle-timeout)")
 
     # IBoundReader
 
     def pauseReading(self) -> None:
-        """
-        See L{IBoundReader.pauseReading}.
-        """
+        """See L{IBoundReader.pauseReading}."""
         self._gate.hold("memory")
 
     def resumeReading(self) -> None:
-        """
-        See L{IBoundReader.resumeReading}.
-        """
+        """See L{IBoundReader.resumeReading}."""
         self._gate.release("memory")
 
     def unpacked(self) -> None:
@@ -170,16 +170,12 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             self._fail(reason)
 
     def dropSession(self, reason: str) -> None:
-        """
-        See L{IBoundReader.dropSession}.
-        """
+        """See L{IBoundReader.dropSession}."""
         if not self._closing:
             self._fail(reason)
 
     def carries(self) -> Optional[Session]:
-        """
-        See L{IBoundReader.carries}.
-        """
+        """See L{IBoundReader.carries}."""
         stream = self.stream
         return stream.state.session if stream is not None and stream.link is self else None
 
@@ -199,18 +195,14 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         return self.stream.state.chunkTarget(remaining) if remaining else None
 
     def payloadRemaining(self) -> int:
-        """
-        See L{IPayloadReceiver.payloadRemaining}.
-        """
+        """See L{IPayloadReceiver.payloadRemaining}."""
         if not self._attached:
             return 0
         assert self.stream is not None
         return self.stream.framer.payloadRemaining
 
     def payloadReceived(self, n: int) -> None:
-        """
-        See L{IPayloadReceiver.payloadReceived}.
-        """
+        """See L{IPayloadReceiver.payloadReceived}."""
         stream = self.stream
         assert stream is not None
         stream.state.chunkFilled(n)
@@ -239,6 +231,9 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         """
         if self._closing:
             return
+        if self._verdictLink is not None:
+            self._verdictLink.dataReceived(data)
+            return
         try:
             if self.stream is None:
                 self._helloReceived(data)
@@ -261,6 +256,11 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         resumes = self._resumes
         hello = message.hello
+        if self._restores is not None and hello.verdict:
+            self._verdictLink = self._restores.verdictLink(hello, self._transport())
+            return
+        if self._restores is not None:
+            self._restores.checkHello(hello)
         if hello.resume or (resumes is not None and resumes.knows(hello)):
             # A resume, or a first hello again because our accept was lost.
             if resumes is None:
@@ -270,15 +270,18 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
             state = CacheLinkState(self._slot, self._clock, self._verbose, self._limits, self._bound)
             replies = state.received(event)
             stream = CacheStream(state, hello.resume_token, hello.window, self._decoder)
+            if self._restores is not None and state.session is not None:
+                self._restores.start(stream.session.name or "", hello.resume_token)
             if resumes is None:
                 stream.link = self
             else:
                 resumes.started(stream, self)
         self.stream = stream
+        for reply in replies:
+            if reply.WhichOneof("kind") == "accept":
+                reply.accept.heartbeat = self._heartbeat
+                reply.accept.restores = self._restores is not None
         if self._heartbeat > 0:
-            for reply in replies:
-                if reply.WhichOneof("kind") == "accept":
-                    reply.accept.heartbeat = self._heartbeat
             if not (self._lost or self._closing):
                 self._timers.beat(self._heartbeat, self._beat)
         if self._bound is not None:
@@ -327,20 +330,11 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         if message.WhichOneof("kind") == "done_ok" and self._reactor is not None and not (
             self._timers.confirming or self._lost or self._closing
         ):
-            # The proxy closes the link once it has our confirmation. A link
-            # still open long after it is a dead one whose end never reached
-            # us (a relay that keeps it open): close it, and keep the session
-            # for the proxy to resume should it not have had the answer.
             grace = self._idleTimeout if self._idleTimeout is not None else DEFAULT_IDLE_TIMEOUT
-            self._timers.afterConfirmation(grace, lambda: self._confirmedLinkLeftOpen(grace))
+            name = self.stream.session.name if self.stream is not None else None
+            self._timers.afterConfirmation(grace, name, self._leftOpen)
 
-    def _confirmedLinkLeftOpen(self, grace: float) -> None:
-        stream = self.stream
-        self.log.warn(
-            "session {session}: the proxy did not close the link within {grace:g} s of the confirmation; "
-            "closing it (the session waits for a resume, should the proxy not have had the answer)",
-            session=stream.session.name if stream is not None else None, grace=grace,
-        )
+    def _leftOpen(self) -> None:
         self._closing = True
         self._transport().abortConnection()  # type: ignore[attr-defined]
 
@@ -377,9 +371,7 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self._transport().loseConnection()
 
     def replaced(self) -> None:
-        """
-        See L{IResumableLink.replaced}.
-        """
+        """See L{IResumableLink.replaced}."""
         self._closing = True
         self.transport.abortConnection()  # type: ignore[union-attr]
 
@@ -395,6 +387,8 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
                 peer=peerOf(self.transport), reason=reason.getErrorMessage(),
             )
         self._lost = True
+        if self._verdictLink is not None:
+            self._verdictLink.connectionLost(reason)
         self._stopTimers()
         if self._receiver is not None:
             self._receiver.close()

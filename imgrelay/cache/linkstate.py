@@ -26,7 +26,7 @@ from imgrelay.core.store import Image, ImageData, Session, SessionState
 from imgrelay.observe.logs import logsImage, rate
 from imgrelay.wire.framing import HeaderReceived, PayloadChunk
 from imgrelay.wire.codecs import NAMES, RAW, available
-from imgrelay.wire.link import MAX_CHUNK, VERSION, CacheMessage
+from imgrelay.wire.link import MAX_CHUNK, VERDICT_VERSION, VERSION, CacheMessage
 from imgrelay.wire.pb import link_pb2
 
 #: The most images open at once on one link (CRIU keeps a handful open; an
@@ -233,10 +233,10 @@ class CacheLinkState:
             self._packed = self._unpacking = self._decoding = None
 
     def _onHello(self, hello: link_pb2.Hello) -> CacheMessage:
-        if hello.version != VERSION:
+        if hello.version not in (VERSION, VERDICT_VERSION):
             raise ProtocolError(
                 f"link protocol version {hello.version} is not supported "
-                f"(this cache speaks version {VERSION})"
+                f"(this cache speaks versions {VERSION} and {VERDICT_VERSION})"
             )
         if not hello.session:
             raise ProtocolError("hello names no session")

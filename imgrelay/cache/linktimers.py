@@ -11,12 +11,15 @@ from typing import Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 
 class LinkTimers:
     """
     See the module docstring.
     """
+
+    log = Logger()
 
     def __init__(self, clock: Callable[[], IReactorTime]) -> None:
         """
@@ -41,12 +44,21 @@ class LinkTimers:
         """
         return self._confirmed is not None
 
-    def afterConfirmation(self, grace: float, leftOpen: Callable[[], None]) -> None:
+    def afterConfirmation(self, grace: float, session: Optional[str], leftOpen: Callable[[], None]) -> None:
         """
-        Call C{leftOpen} if the link is still open C{grace} seconds from now.
+        The proxy closes the link once it has the cache's confirmation. A
+        link still open C{grace} seconds later is a dead one whose end
+        never reached us (a relay that keeps it open): say so, and call
+        C{leftOpen} to close it; the session waits for the proxy to resume
+        it should it not have had the answer.
         """
         def fire() -> None:
             self._confirmed = None
+            self.log.warn(
+                "session {session}: the proxy did not close the link within {grace:g} s of the confirmation; "
+                "closing it (the session waits for a resume, should the proxy not have had the answer)",
+                session=session, grace=grace,
+            )
             leftOpen()
 
         self._confirmed = self._clock().callLater(grace, fire)

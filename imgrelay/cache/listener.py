@@ -24,6 +24,7 @@ from imgrelay.core.limits import Limits
 #: How much the cache reads from the link at once.
 READ_SIZE = 1 << 20
 from imgrelay.cache.unpack import Decoder, decodeInline
+from imgrelay.cache.verdicts import RestoreJobs
 from imgrelay.cache.link import CacheLinkProtocol
 
 
@@ -43,7 +44,7 @@ class CacheLinkFactory(Factory):
         self, slot: ISessionClaims, clock: Callable[[], float] = time.monotonic, reactor: Any = None,
         verbose: bool = False, limits: Limits = Limits(), resumeTimeout: float = DEFAULT_RESUME_TIMEOUT,
         bound: Optional[MemoryBound] = None, idleTimeout: Optional[float] = None, heartbeat: float = 0.0,
-        decoder: Decoder = decodeInline,
+        decoder: Decoder = decodeInline, restores: Optional[RestoreJobs] = None,
     ) -> None:
         """
         @param slot: Where sessions are claimed.
@@ -60,7 +61,9 @@ class CacheLinkFactory(Factory):
         @param heartbeat: Seconds between the progress reports each link
             sends while quiet (0: none); see L{CacheLinkProtocol}.
         @param decoder: How encoded chunks are decoded.
+        @param restores: With C{--restore}: the restores it runs.
         """
+        self.restores = restores
         self.decoder = decoder
         self.heartbeat = heartbeat
         self.idleTimeout = idleTimeout
@@ -122,7 +125,7 @@ class CacheLinkFactory(Factory):
         p = CacheLinkProtocol(
             self.slot, self.clock, self.reactor, self.verbose, self.limits, self.bound,
             resumes=self.resumes, links=self, idleTimeout=self.idleTimeout, heartbeat=self.heartbeat,
-            decoder=self.decoder,
+            decoder=self.decoder, restores=self.restores,
         )
         p.factory = self
         self.links.add(p)

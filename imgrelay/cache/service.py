@@ -6,6 +6,7 @@ serve CRIU's restore from a local socket.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application import strports
@@ -24,6 +25,7 @@ from imgrelay.cache.memory import MemoryBound
 from imgrelay.cache.registry import SessionRegistry
 from imgrelay.cache.remote import CacheRemoteBackend
 from imgrelay.cache.sessiondirs import SessionDirectories, SocketTable
+from imgrelay.cache.verdicts import RestoreJobs
 from imgrelay.core.limits import Limits
 from imgrelay.core.store import Session
 from imgrelay.core.slot import SessionSlot
@@ -124,6 +126,7 @@ class CacheService(MultiService):
             self._linkFactory = CacheLinkFactory(
                 claims, reactor.seconds, reactor, config.verbose, config.limits, config.resumeTimeout, self.bound,
                 config.idleTimeout, config.heartbeat, lambda *job: self.workers.run(decode, *job),
+                self._restores(config, reactor),
             )
         if config.tls is None:
             self._link = strports.service(config.listen, self._linkFactory, reactor=reactor)
@@ -147,6 +150,22 @@ class CacheService(MultiService):
             claims, config.observability, reactor, listening, lambda: sum(s.bytes for s in self.sessions)
         )
         self.observer.setServiceParent(self)
+
+    #: With C{--restore}: the restores it runs, for its sessions from
+    #: C{imgrelay migrate}.
+    restores: Optional[RestoreJobs] = None
+
+    def _restores(self, config: CacheConfig, reactor: Any) -> Optional[RestoreJobs]:
+        if not config.restore:
+            return None
+        assert config.criu is not None
+        root, imagesDir = config.sessionsRoot, config.imagesDir
+        self.restores = RestoreJobs(
+            reactor, config.criu, config.restoreArgs,
+            lambda name: os.path.join(root, name) if root is not None else imagesDir or "",
+            reactor.seconds, config.resumeTimeout,
+        )
+        return self.restores
 
     @property
     def sessions(self) -> list[Session]:
@@ -174,6 +193,8 @@ class CacheService(MultiService):
         and none is kept for its retention time any more.
         """
         self._linkFactory.abortAll()
+        if self.restores is not None:
+            self.restores.stop()
         if self.slot is not None:
             self.slot.stop()
         if self.registry is not None:

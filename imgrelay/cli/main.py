@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.cli.test_main -*-
 """
 The C{imgrelay} command: C{fetch} a completed session from a cache into a
-directory, show a daemon's C{status}, and C{send} an image directory to a
-cache. See C{docs/cli.md}.
+directory, show a daemon's C{status}, C{send} an image directory to a
+cache, C{migrate} a process to a cache that restores it, and C{resolve} by
+hand a migration left stopped. See C{docs/cli.md} and C{docs/migrate.md}.
 
 Every failure ends the command with one line on stderr, C{imgrelay
 COMMAND: what went wrong}, and a non-zero status.
@@ -59,6 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--tls-ca", metavar="PEM")
     send.add_argument("--tls-hostname", metavar="NAME",
                       help="the name the cache's certificate must carry (default: the host of --to)")
+
+    migrate = commands.add_parser(
+        "migrate", help="migrate a process tree to a cache that restores it (imgrelay-cache --restore)",
+        description="Dump the tree at PID with criu dump --stream --leave-stopped through a proxy in this "
+        "process, wait for the destination's restore, then kill this copy and have the destination resume its "
+        "own; on any failure before that, resume this copy. Exit 0 only once the process runs there.",
+    )
+    migrate.add_argument("--pid", required=True, type=int, help="the root of the tree to migrate")
+    migrate.add_argument("--to", required=True, metavar="ENDPOINT", help="the cache's link, e.g. tcp:host=dest:port=7070")
+    migrate.add_argument("--session", metavar="NAME", help="the session's name (default HOST-migrate-PID)")
+    migrate.add_argument("--compress", choices=["auto", "zstd", "lz4", "none"], default="auto",
+                         help="link compression (default auto)")
+    migrate.add_argument("--criu", metavar="PATH", help="the CRIU binary (default $IMGRELAY_CRIU, else criu on PATH)")
+    migrate.add_argument("--dump-args", metavar="ARGS", default="", help="more arguments for criu dump")
+    migrate.add_argument("--reconnect-timeout", metavar="SECONDS", type=float, default=60.0,
+                         help="give up after this long without a link to the cache (default 60)")
+    migrate.add_argument("--verdict-timeout", metavar="SECONDS", type=float, default=300.0,
+                         help="give up after this long without the restore's verdict (default 300)")
+    migrate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    for option in ("--tls-cert", "--tls-key", "--tls-ca"):
+        migrate.add_argument(option, metavar="PEM")
+    migrate.add_argument("--tls-hostname", metavar="NAME")
+
+    resolve = commands.add_parser(
+        "resolve", help="finish by hand a migration that left a process stopped (see docs/migrate.md)",
+        description="Resume (SIGCONT) or kill (SIGKILL) every task of the stopped tree at PID.",
+    )
+    what = resolve.add_mutually_exclusive_group(required=True)
+    what.add_argument("--resume", metavar="PID", type=int, help="resume the tree at PID")
+    what.add_argument("--kill", metavar="PID", type=int, help="kill the tree at PID")
     return parser
 
 
@@ -157,6 +188,23 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return status[0]
 
 
+def _migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from imgrelay.cli.migraterun import run
+
+    return run(args, stdout, stderr)
+
+
+def _resolve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from imgrelay.local.proctree import killTree, resumeTree
+
+    pid = args.resume if args.resume is not None else args.kill
+    tasks = (resumeTree if args.resume is not None else killTree)(pid)
+    if not tasks:
+        return _fail(stderr, "resolve", f"no process {pid}")
+    stdout.write(f"{'resumed' if args.resume is not None else 'killed'} {len(tasks)} tasks of the tree at {pid}\n")
+    return OK
+
+
 def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
     """
     Run the command.
@@ -171,7 +219,9 @@ def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout, stde
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else USAGE
     try:
-        command = {"fetch": _fetch, "status": _status, "send": _send}[args.command]
+        command = {"fetch": _fetch, "status": _status, "send": _send, "migrate": _migrate, "resolve": _resolve}[
+            args.command
+        ]
         return command(args, stdout, stderr)
     except KeyboardInterrupt:
         stderr.write(f"imgrelay {args.command}: interrupted\n")

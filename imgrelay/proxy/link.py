@@ -242,7 +242,7 @@ class ProxyLinkFactory(ClientFactory):
 
     def __init__(
         self, session: ProxySession, reactor: Any = None, window: int = DEFAULT_WINDOW,
-        idleTimeout: Optional[float] = None, compression: Optional[Compression] = None,
+        idleTimeout: Optional[float] = None, compression: Optional[Compression] = None, verdict: bool = False,
     ) -> None:
         """
         @param session: The session every connection carries.
@@ -252,11 +252,12 @@ class ProxyLinkFactory(ClientFactory):
             before the connection is dropped (and dialled again); None for
             no limit.
         @param compression: How to compress, if at all.
+        @param verdict: See L{LinkStream}.
         """
         self.idleTimeout = idleTimeout
         self.session = session
         self.reactor = reactor
-        self.stream = LinkStream(session, window, compression)
+        self.stream = LinkStream(session, window, compression, verdict)
         self.current: Optional[ProxyLinkProtocol] = None
 
     def buildProtocol(self, addr: object) -> ProxyLinkProtocol:

@@ -126,6 +126,13 @@ class ProxyService(MultiService):
         closed.addBoth(lambda result: late.cancel() if late.active() else None)
         return gatherResults([MultiService.stopService(self), closed])
 
+    @property
+    def connectEndpoint(self) -> IStreamClientEndpoint:
+        """
+        The cache's link, as the sessions dial it (TLS included).
+        """
+        return self._connect
+
     def addSessionObserver(self, observer: SessionObserver) -> None:
         """
         Call C{observer} with each session's L{SessionOutcome}, or with the
@@ -172,7 +179,9 @@ class ProxyService(MultiService):
                 lambda f: session.failed(f"cannot reach the cache at {self.connectDescription}: {f.getErrorMessage()}")
             )
         else:
-            factory = ProxyLinkFactory(session, self.reactor, config.window, config.idleTimeout, self.compression)
+            factory = ProxyLinkFactory(
+                session, self.reactor, config.window, config.idleTimeout, self.compression, config.verdict,
+            )
             driver = LinkDriver(
                 self._connect, factory, self.reactor, self.connectDescription, config.reconnectTimeout,
             )

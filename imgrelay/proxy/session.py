@@ -132,6 +132,9 @@ class ProxySession:
         self._started = clock()
         self._overObservers: Observers[Union[SessionOutcome, Failure]] = Observers()
         self._ackObservers: Observers[OutgoingImage] = Observers()
+        #: The secret its link presents to resume it (and its verdict link
+        #: to claim the restore), once a link stream carries it.
+        self.linkToken: Optional[bytes] = None
         #: Bytes of image content read from CRIU so far.
         self.bytesRead = 0
         #: What the image content sent so far came to on the link

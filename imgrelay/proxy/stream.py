@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from imgrelay.core.observers import Observers
-from imgrelay.wire.link import CREATE, MAX_CHUNK, VERSION, ProxyMessage, chunkHeader, frame
+from imgrelay.wire.link import CREATE, MAX_CHUNK, VERDICT_VERSION, VERSION, ProxyMessage, chunkHeader, frame
 from imgrelay.proxy.outbound import BadOffset, Buffer, OutboundLog
 from imgrelay.wire.pb import link_pb2
 from imgrelay.transport.pipes import PIPE_BLOCK, BufferRing
@@ -71,18 +71,23 @@ class LinkStream:
 
     def __init__(
         self, session: ProxySession, window: int = DEFAULT_WINDOW, compression: Optional[Compression] = None,
+        verdict: bool = False,
     ) -> None:
         """
         @param session: The session to carry.
         @param window: See L{window}; at least L{MIN_WINDOW}.
         @param compression: How to compress, agreed with the cache when it
             first accepts; None for never.
+        @param verdict: Speak version 2: the cache must restore the process
+            itself and give its verdict on a verdict link afterwards
+            (C{imgrelay migrate}).
         """
         if window < MIN_WINDOW:
             raise ValueError(f"window of {window} bytes is under {MIN_WINDOW}")
         self.session = session
         self.window = window
-        self.token = os.urandom(16)
+        self.token = session.linkToken = os.urandom(16)
+        self.verdict = verdict
         self.outbound = OutboundLog()
         self.ring = BufferRing(
             lambda: self.outbound.acked, lambda: self.outbound.appended,
@@ -119,7 +124,8 @@ class LinkStream:
         """
         return ProxyMessage(
             hello=link_pb2.Hello(
-                version=VERSION, session=self.session.name, resume_token=self.token,
+                version=VERDICT_VERSION if self.verdict else VERSION, session=self.session.name,
+                resume_token=self.token,
                 resume=self.accepted, window=self.window,
             )
         )
@@ -228,6 +234,10 @@ class LinkStream:
         if previous is not None:
             previous.close()
         if not self.accepted:
+            if self.verdict and not accept.restores:
+                session.failed("the cache does not restore the process itself: start imgrelay-cache with --restore")
+                connection.close()
+                return
             self.accepted = True
             session.accepted(self._sender(list(accept.encodings)))
         else:

@@ -28,6 +28,7 @@ POINTS = (
     "before-ack",  # an image's close forwarded; the cache's acknowledgement is not
     "final-handshake",  # the proxy's done forwarded; the cache's answer is not
     "after-confirmation",  # the cache's final answer forwarded
+    "after-verdict",  # on a verdict link (imgrelay migrate), the cache's verdict forwarded
 )
 
 #: How far into the proxy's stream "mid-chunk" strikes.
@@ -78,6 +79,7 @@ class FaultRelay:
         self.blackhole = blackhole
         self.halfOpen = halfOpen
         self.forGood = forGood
+        self._down = threading.Event()
         self.struck = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -100,7 +102,7 @@ class FaultRelay:
                 continue
             except OSError:
                 return
-            if self.forGood and self.struck.is_set():
+            if self.forGood and (self.struck.is_set() or self._down.is_set()):
                 _reset(client)
                 continue
             try:
@@ -109,7 +111,9 @@ class FaultRelay:
                 _reset(client)
                 continue
             self._sockets += [client, server]
-            relay = threading.Thread(target=self._relayOrReset, args=(client, server, first), daemon=True)
+            # A verdict link is a later connection of its own.
+            watched = first or self.point == "after-verdict"
+            relay = threading.Thread(target=self._relayOrReset, args=(client, server, watched), daemon=True)
             first = False
             relay.start()
             self._threads.append(relay)
@@ -182,6 +186,12 @@ class FaultRelay:
                         send, cut = b"", True
                     elif point == "after-confirmation" and "done_ok" in kinds:
                         cut = True
+                    elif point == "after-verdict" and "verdict" in kinds:
+                        cut = True
+                if cut and self.forGood:
+                    # Down for new connections before the peer hears what
+                    # it would dial again for.
+                    self._down.set()
                 try:
                     if send:
                         other.sendall(send)

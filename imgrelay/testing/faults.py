@@ -34,6 +34,7 @@ FAULTS = ("reset", "blackhole", "half-open", "kill-proxy", "kill-cache", "kill-d
 CELLS = tuple(
     (point, fault)
     for point in POINTS
+    if point != "after-verdict"  # a plain proxy has no verdict link
     for fault in FAULTS
     if not (fault == "kill-proxy" and point in ("before-hello", "mid-hello"))
 )

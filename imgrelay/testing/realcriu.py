@@ -348,10 +348,14 @@ def leftovers(marker: str) -> list[tuple[int, str]]:
     return found
 
 
-def mounts() -> set[str]:
+def mounts(marker: str) -> set[str]:
     """
-    @return: This mount namespace's mounts, as lines of C{mountinfo}
-        without their ids.
+    @param marker: A test's directory.
+    @return: This mount namespace's mounts that CRIU or a test could have
+        made: below C{marker}, or named as CRIU names its temporary ones
+        (C{.criu...}); as lines of C{mountinfo} without their ids. Other
+        mounts (another program's) are no business of the test.
     """
     with open("/proc/self/mountinfo") as f:
-        return {" ".join(line.split()[3:]) for line in f}
+        lines = [line.split() for line in f]
+    return {" ".join(fields[3:]) for fields in lines if fields[4].startswith(marker) or ".criu" in fields[4]}

@@ -13,6 +13,10 @@ from imgrelay.wire.pb import link_pb2
 #: The link protocol's version, sent in Hello; the cache refuses others.
 VERSION = 1
 
+#: The version C{imgrelay migrate} speaks: version 1, and a verdict link
+#: after the session (see C{docs/migrate.md}).
+VERDICT_VERSION = 2
+
 #: The link's length prefix: network byte order.
 PREFIX = "!I"
 

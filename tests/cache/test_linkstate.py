@@ -189,8 +189,8 @@ class _LinkStateMixin(LinkTestMixin):
         """
         A hello of another version is refused.
         """
-        self.deliver(hello(version=VERSION + 1))
-        self.assertRefused(f"version {VERSION + 1} is not supported")
+        self.deliver(hello(version=VERSION + 2))
+        self.assertRefused(f"version {VERSION + 2} is not supported")
 
     def test_emptySessionName(self) -> None:
         """

@@ -35,7 +35,7 @@ class RealCriuCase(SynchronousTestCase):
         realcriu.becomeSubreaper()
         self.base = tempfile.mkdtemp(prefix="imgrelay-criu-")
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.addCleanup(self.assertNothingLeft, realcriu.mounts())
+        self.addCleanup(self.assertNothingLeft, realcriu.mounts(self.base))
         self.criu = realcriu.Criu(self.base)
         self._victims = 0
 
@@ -51,7 +51,7 @@ class RealCriuCase(SynchronousTestCase):
             except ProcessLookupError:
                 pass
         self.assertEqual(left, [], "processes left behind")
-        self.assertEqual(realcriu.mounts() ^ mounts, set(), "mounts changed")
+        self.assertEqual(realcriu.mounts(self.base) ^ mounts, set(), "mounts changed")
 
     def path(self, *parts: str) -> str:
         """
