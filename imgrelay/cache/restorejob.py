@@ -181,8 +181,11 @@ class RestoreJob:
         if self.resolved is None:
             tasks = resumeTree(outcome.pid)
             self.resolved = "running"
-            self.log.info("session {session}: committed; tree {pid} resumed ({tasks} tasks)",
-                          session=self.session, pid=outcome.pid, tasks=len(tasks))
+            self.log.info(
+                "session {session}: committed; tree {pid} resumed ({tasks} tasks), {seconds:.3f} s from the "
+                "session's start (the source's frozen time is a little longer: its dump began before)",
+                session=self.session, pid=outcome.pid, tasks=len(tasks), seconds=self._clock() - self.started,
+            )
             shutil.rmtree(self.workDir, ignore_errors=True)
 
     def abort(self, reason: str) -> None:
@@ -200,4 +203,6 @@ class RestoreJob:
             tasks = killTree(outcome.pid)
             self.log.warn("session {session}: {reason}; restored tree {pid} killed ({tasks} tasks)",
                           session=self.session, reason=reason, pid=outcome.pid, tasks=len(tasks))
+            # The restore went well: its log has nothing to tell.
+            shutil.rmtree(self.workDir, ignore_errors=True)
         self.resolved = self.resolved or "killed"
