@@ -160,12 +160,15 @@ async def migrate(
             # CRIU resumed the tree itself; the proxy gives the session up.
             result.reason = f"criu dump failed with status {status}; the process runs on here:\n{_tail(log)}"
             return result
-        confirmed = await outcome
-        report()
-        if not isinstance(confirmed, SessionOutcome):
+        try:
+            confirmed: SessionOutcome = await outcome
+        except SessionError as e:
+            # The dump succeeded (the tree is stopped) and the session did
+            # not: nobody else can have a copy.
             resumeTree(pid)
-            result.reason = f"{confirmed.getErrorMessage()}; the process was resumed here"
+            result.reason = f"{e}; the process was resumed here"
             return result
+        report()
         result.images, result.bytes, result.linkBytes = confirmed.images, confirmed.bytes, confirmed.linkBytes
         note(f"session {confirmed.name} confirmed ({confirmed.images} images); waiting for the restore's verdict")
         token = sessions[0].linkToken
@@ -208,6 +211,8 @@ async def migrate(
         result.destinationSeconds = resolved.seconds
         return result
     finally:
+        # A session that ends after we stopped waiting is told nobody.
+        outcome.addErrback(lambda failure: None)
         if ticker.running:
             ticker.stop()
         progress.close()
