@@ -152,6 +152,16 @@ async def migrate(
     ticker.clock = reactor
     ticker.start(0.2, now=False)
     verdicts: Optional[VerdictClient] = None
+    # While the dumped tree waits stopped here and is ours to decide, an
+    # interruption (Ctrl-C, SIGTERM) resumes it: nothing was committed.
+    stoppedHere = [False]
+
+    def interrupted() -> None:
+        if stoppedHere[0]:
+            resumeTree(pid)
+            note(f"interrupted; the process was resumed here (pid {pid})")
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
     try:
         reactor.spawnProcess(exit, criu, command, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"})
         status = await exit.ended
@@ -160,6 +170,7 @@ async def migrate(
             # CRIU resumed the tree itself; the proxy gives the session up.
             result.reason = f"criu dump failed with status {status}; the process runs on here:\n{_tail(log)}"
             return result
+        stoppedHere[0] = True
         try:
             confirmed: SessionOutcome = await outcome
         except SessionError as e:
@@ -196,6 +207,7 @@ async def migrate(
             return result
         result.restoredPid = verdict.pid
         # The point of no return: this copy goes, then the restored one runs.
+        stoppedHere[0] = False
         killTree(pid)
         try:
             resolved = await verdicts.answer(True)
@@ -211,6 +223,9 @@ async def migrate(
         result.destinationSeconds = resolved.seconds
         return result
     finally:
+        if stoppedHere[0] and result.outcome == "kept" and not result.reason:
+            resumeTree(pid)
+        reactor.removeSystemEventTrigger(trigger)
         # A session that ends after we stopped waiting is told nobody.
         outcome.addErrback(lambda failure: None)
         if ticker.running:
