@@ -132,6 +132,10 @@ class ProxySession:
         self._started = clock()
         self._overObservers: Observers[Union[SessionOutcome, Failure]] = Observers()
         self._ackObservers: Observers[OutgoingImage] = Observers()
+        #: When the link's transport last pushed back (its buffer full), or
+        #: None: how L{imgrelay.proxy.packer} tells a link that is the
+        #: bottleneck.
+        self.pushedBack: Optional[float] = None
         #: The secret its link presents to resume it (and its verdict link
         #: to claim the restore), once a link stream carries it.
         self.linkToken: Optional[bytes] = None
@@ -394,6 +398,7 @@ class ProxySession:
         """
         The link's send buffer is full: hold every image's producer.
         """
+        self.pushedBack = self.clock()
         self.hold("send")
 
     def resume(self) -> None:

@@ -32,6 +32,10 @@ from imgrelay.wire.codecs import RAW
 #: The most session-stream bytes the proxy holds unacknowledged, by default.
 DEFAULT_WINDOW = 64 << 20
 
+#: How long a push back from the link's transport counts as the link being
+#: the bottleneck, in seconds.
+PUSHBACK_MEMORY = 0.05
+
 #: The smallest window accepted: a few pipe reads.
 MIN_WINDOW = 4 * PIPE_BLOCK
 
@@ -182,9 +186,14 @@ class LinkStream:
     @property
     def congested(self) -> bool:
         """
-        Whether the link holds the stream back: a quarter of the window or
-        more is waiting for the cache.
+        Whether the link holds the stream back: its transport pushed back
+        within the last L{PUSHBACK_MEMORY} seconds (the pipes are read only
+        while it does not, so a chunk never arrives while it does), or a
+        quarter of the window or more waits for the cache.
         """
+        session = self.session
+        if session.pushedBack is not None and session.clock() - session.pushedBack < PUSHBACK_MEMORY:
+            return True
         return self.outbound.held >= self.window // 4
 
     def sendClose(self, image: int, size: int, crc: int) -> None:

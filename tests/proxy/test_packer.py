@@ -231,3 +231,42 @@ class ChooseTests(SynchronousTestCase):
         encoding, why = choose("zstd", [LZ4])
         self.assertEqual(encoding, RAW)
         self.assertIn("decodes only lz4", why)
+
+
+class CongestedTests(SynchronousTestCase):
+    """
+    L{LinkStream.congested}: what tells auto the link is the bottleneck.
+    """
+
+    def test_pushBackRemembered(self) -> None:
+        """
+        A push back from the transport counts for a moment after it.
+        """
+        from twisted.internet.task import Clock
+
+        from imgrelay.proxy.session import ProxySession
+        from imgrelay.proxy.stream import PUSHBACK_MEMORY, LinkStream
+
+        clock = Clock()
+        stream = LinkStream(ProxySession("s", clock.seconds))
+        self.assertFalse(stream.congested)
+        stream.session.pause()
+        stream.session.resume()
+        self.assertTrue(stream.congested)
+        clock.advance(PUSHBACK_MEMORY)
+        self.assertFalse(stream.congested)
+
+    def test_held(self) -> None:
+        """
+        A quarter of the window unacknowledged counts too.
+        """
+        from twisted.internet.task import Clock
+
+        from imgrelay.proxy.session import ProxySession
+        from imgrelay.proxy.stream import MIN_WINDOW, LinkStream
+
+        stream = LinkStream(ProxySession("s", Clock().seconds), MIN_WINDOW)
+        stream.outbound.append([bytes(MIN_WINDOW // 4 - 1)])
+        self.assertFalse(stream.congested)
+        stream.outbound.append([b"x"])
+        self.assertTrue(stream.congested)
