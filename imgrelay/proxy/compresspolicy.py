@@ -1,40 +1,47 @@
 # -*- test-case-name: tests.proxy.test_compresspolicy -*-
 """
-When C{--compress auto} compresses a chunk (L{AutoPolicy}), from what it
-measures: no clock of its own, no I/O.
+When C{--compress auto} compresses a chunk, and with what (L{AutoPolicy}),
+from what it measures: no clock of its own, no I/O.
 
-Sending raw, a migration moves at the link's rate L (the cache's
-acknowledgements, while the link is what holds the dump back). Compressing,
-it moves at the smaller of the compressor's speed C and L times the ratio r
-the data shrinks by. So compression pays when min(C, L * r) beats L by a
-margin: on a 1 Gbit link (L about 118 MB/s) heap memory (r about 7, C about
-650 MB/s on one core) goes 5 times faster compressed; on loopback or a 10
-Gbit link (L over 1 GB/s) or on random memory (r = 1) raw is faster. C and
-r are measured on the chunks compressed (a raw stretch still compresses one
-chunk in L{PROBE_EVERY} to keep them current), L only while the link is
-the bottleneck and the chunks go raw: a link that keeps up gives no reason
-to compress. While compressed chunks are what the link holds back, the
-stream's rate in image bytes is measured too, and counts as C when lower:
-the cache's decoding, or threads short of a core, may be the bottleneck
-then, and compressing must still beat raw.
+Sent raw, the stream moves at the link's rate L (the cache's
+acknowledgements while the link is the bottleneck). Compressed with a
+codec, it moves at the smaller of what that codec achieves, C, and L times
+the ratio r it shrinks the data by. So a codec pays when min(C, L r) beats
+L by L{MARGIN}, and the codec that pays most is used. C is the codec's
+speed on the chunks it compressed, or, once measured, the lower rate (in
+image bytes) at which the stream moved while that codec was used and the
+link was still the bottleneck: on two cores the cache's decoding and CPU
+shared with CRIU can hold it back well below the compressor's own speed.
+
+On a 1 Gbit link (L about 118 MB/s) heap memory (r 4 to 8) goes several
+times faster compressed; on loopback or a 10 Gbit link (L over 1 GB/s),
+or with random memory (r = 1), raw is faster. A link that keeps up gives
+no reason to compress, and no chunk is compressed then. While raw, a chunk
+in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
+codecs are too slow for the link whatever the ratio), and while one codec
+is used, the other is tried as often, to keep their measures current.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
-#: How much faster compression must make the migration, by the model, to be
+from imgrelay.wire.codecs import RAW
+
+#: How much faster compression must make the stream, by the model, to be
 #: used: the model's error and the CPU it costs need a margin.
 MARGIN = 1.15
 
-#: In a raw stretch, one chunk in this many is compressed anyway, to keep
-#: the compressor's speed and ratio measured.
+#: While a codec is not used, one chunk in this many tries it.
 PROBE_EVERY = 32
+
+#: ... or in this many, while even infinite shrinking could not pay.
+PROBE_RARELY = 256
 
 #: The weight of each new measure in the running averages.
 WEIGHT = 0.2
 
-#: The least time over which the link's rate is measured.
+#: The least time over which a rate is measured.
 RATE_INTERVAL = 0.05
 
 
@@ -42,84 +49,153 @@ def _average(old: Optional[float], new: float) -> float:
     return new if old is None else old + WEIGHT * (new - old)
 
 
+class CodecStats:
+    """
+    What is known of one codec on this session's data.
+
+    @ivar speed: Image bytes per second it compressed a chunk at.
+    @ivar ratio: Image bytes per byte it sent.
+    @ivar streamRate: Image bytes per second the stream moved while it was
+        used and the link was still the bottleneck.
+    """
+
+    def __init__(self) -> None:
+        self.speed: Optional[float] = None
+        self.ratio: Optional[float] = None
+        self.streamRate: Optional[float] = None
+        self.sinceProbe = 0
+
+    def achievable(self, linkRate: float) -> Optional[float]:
+        """
+        @return: The stream's rate with this codec, by the model; None
+            until measured.
+        """
+        if self.speed is None or self.ratio is None:
+            return None
+        speed = self.speed if self.streamRate is None else min(self.speed, self.streamRate)
+        return min(speed, linkRate * self.ratio)
+
+
 class AutoPolicy:
     """
     See the module docstring.
 
-    @ivar linkRate: The link's rate while it was the bottleneck, bytes per
-        second on the wire; None until measured.
-    @ivar speed: The compressor's speed, image bytes per second per chunk
-        compressed; None until measured.
-    @ivar ratio: Image bytes per byte sent for the chunks compressed.
+    @ivar linkRate: The link's rate while it was the bottleneck and chunks
+        went raw, bytes per second; None until measured.
+    @ivar codecs: What is known of each codec the cache decodes.
+    @ivar current: What the last chunk was sent with (C{RAW} or a codec).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, encodings: Sequence[int]) -> None:
+        """
+        @param encodings: The codecs to choose from, in order of preference.
+        """
         self.linkRate: Optional[float] = None
-        self.speed: Optional[float] = None
-        self.packedRate: Optional[float] = None
-        self.ratio = 1.0
-        self.packing = False
-        self._mark: Optional[tuple[float, int, bool]] = None
-        self._sinceProbe = 0
+        self.codecs = {encoding: CodecStats() for encoding in encodings}
+        self.current = RAW
+        self._mark: Optional[tuple[float, int, int]] = None
 
     def acked(self, now: float, received: int, congested: bool) -> None:
         """
         The cache has taken C{received} bytes of the stream by C{now}.
 
-        @param congested: Whether the link held the stream back meanwhile
-            (its unacknowledged bytes pile up, or the transport pushed
-            back): only then is its rate the link's.
+        @param congested: Whether the link held the stream back meanwhile:
+            only then is a rate the link's (raw) or the codec's.
         """
         mark = self._mark
-        if not congested or mark is None or mark[2] != self.packing:
-            self._mark = (now, received, self.packing) if congested else None
+        if not congested or mark is None or mark[2] != self.current:
+            self._mark = (now, received, self.current) if congested else None
             return
-        then, before, packing = mark
-        if now - then >= RATE_INTERVAL:
-            rate = (received - before) / (now - then)
-            if packing:
-                self.packedRate = _average(self.packedRate, rate * self.ratio)
-            else:
-                self.linkRate = _average(self.linkRate, rate)
-            self._mark = (now, received, packing)
+        then, before, using = mark
+        if now - then < RATE_INTERVAL:
+            return
+        rate = (received - before) / (now - then)
+        if using == RAW:
+            self.linkRate = _average(self.linkRate, rate)
+        else:
+            stats = self.codecs[using]
+            stats.streamRate = _average(stats.streamRate, rate * (stats.ratio or 1.0))
+        self._mark = (now, received, using)
 
-    def compressed(self, size: int, sent: int, seconds: float) -> None:
+    def compressed(self, encoding: int, size: int, sent: int, seconds: float) -> None:
         """
-        A chunk of C{size} image bytes compressed to C{sent} in C{seconds}.
+        A chunk of C{size} image bytes compressed with C{encoding} to
+        C{sent} in C{seconds}.
         """
-        if size <= 0:
+        stats = self.codecs.get(encoding)
+        if stats is None or size <= 0:
             return
-        self.ratio = _average(self.ratio, size / max(sent, 1))
+        stats.ratio = _average(stats.ratio, size / max(sent, 1))
         if seconds > 0:
-            self.speed = _average(self.speed, size / seconds)
-            if not self.packing and self.packedRate is not None:
-                # A rate measured while compressing is not measured again
-                # until compression resumes: let probes wear it off.
-                self.packedRate = _average(self.packedRate, size / seconds)
+            stats.speed = _average(stats.speed, size / seconds)
+            if encoding != self.current and stats.streamRate is not None:
+                # A rate measured while this codec was used is not measured
+                # again until it is used again: let probes wear it off.
+                stats.streamRate = _average(stats.streamRate, size / seconds)
 
-    def gain(self) -> Optional[float]:
+    def best(self) -> tuple[int, Optional[float]]:
         """
-        @return: How much faster compressing would move the stream, by the
-            model; None while something is not measured.
+        @return: The codec that makes the stream fastest by the model (or
+            C{RAW}), and its gain over raw (None while unmeasured).
         """
-        if self.linkRate is None or self.speed is None or self.linkRate <= 0:
-            return None
-        speed = self.speed if self.packedRate is None else min(self.speed, self.packedRate)
-        return min(speed, self.linkRate * self.ratio) / self.linkRate
+        if self.linkRate is None or self.linkRate <= 0:
+            return RAW, None
+        choice, gain = RAW, None
+        for encoding, stats in self.codecs.items():
+            achievable = stats.achievable(self.linkRate)
+            if achievable is not None and (gain is None or achievable / self.linkRate > gain):
+                choice, gain = encoding, achievable / self.linkRate
+        return (choice, gain) if gain is not None and gain >= MARGIN else (RAW, gain)
 
-    def compress(self, congested: bool) -> bool:
+    def choose(self, congested: bool) -> int:
         """
         @param congested: Whether the link holds the stream back now.
-        @return: Whether to compress the next chunk.
+        @return: What to send the next chunk with: C{RAW} or a codec.
         """
-        gain = self.gain()
-        self.packing = gain is not None and gain >= MARGIN
-        if self.packing or not congested:
-            return self.packing
-        # The link is the bottleneck and compression has not proven itself
-        # (or not yet been tried): try a chunk now and then.
-        self._sinceProbe += 1
-        if self.speed is None or self._sinceProbe >= PROBE_EVERY:
-            self._sinceProbe = 0
-            return True
-        return False
+        choice, _ = self.best()
+        if choice == RAW and not congested:
+            self.current = RAW
+            return RAW
+        self.current = choice
+        # Try the codecs not in use now and then (at once, one never tried);
+        # one chunk at a time.
+        due = None
+        for encoding, stats in self.codecs.items():
+            if encoding == choice:
+                continue
+            stats.sinceProbe += 1
+            every = PROBE_EVERY if self._mightPay(stats) else PROBE_RARELY
+            if due is None and (stats.speed is None or stats.sinceProbe >= every):
+                stats.sinceProbe = 0
+                due = encoding
+        return choice if due is None else due
+
+    def _mightPay(self, stats: CodecStats) -> bool:
+        # Even data that shrank to nothing could not beat the link if the
+        # codec is slower than it.
+        return self.linkRate is None or stats.speed is None or stats.speed >= MARGIN * self.linkRate
+
+
+class FixedPolicy:
+    """
+    C{--compress zstd} or C{lz4}: every chunk with that codec.
+    """
+
+    def __init__(self, encoding: int) -> None:
+        self.encoding = encoding
+
+    def acked(self, now: float, received: int, congested: bool) -> None:
+        """
+        Nothing to measure.
+        """
+
+    def compressed(self, encoding: int, size: int, sent: int, seconds: float) -> None:
+        """
+        Nothing to measure.
+        """
+
+    def choose(self, congested: bool) -> int:
+        """
+        @return: The codec.
+        """
+        return self.encoding

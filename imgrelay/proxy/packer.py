@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from time import perf_counter
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgrelay.proxy.compresspolicy import AutoPolicy
+from imgrelay.proxy.compresspolicy import AutoPolicy, FixedPolicy
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.wire.codecs import LZ4, NAMES, RAW, ZSTD, encode
 from imgrelay.wire.link import MAX_CHUNK
@@ -59,26 +59,28 @@ class Compression:
     run: Callable[..., "Deferred[Any]"]
 
 
-def choose(mode: str, offered: list[int]) -> tuple[int, str]:
+def choose(mode: str, offered: list[int]) -> tuple[list[int], str]:
     """
-    Agree on an encoding.
+    Agree on the codecs.
 
     @param mode: The proxy's C{--compress}.
     @param offered: What the cache's accept lists.
-    @return: The encoding (C{RAW} for none) and why, for the log.
+    @return: The codecs to use (none for raw chunks only), and why, for
+        the log.
     """
     names = ", ".join(NAMES.get(e, str(e)) for e in offered) or "nothing"
     if mode == "none":
-        return RAW, "none (--compress none)"
+        return [], "none (--compress none)"
     if mode == "auto":
-        for encoding in (ZSTD, LZ4):
-            if encoding in offered:
-                return encoding, f"{NAMES[encoding]} when it pays (--compress auto; the cache decodes {names})"
-        return RAW, f"none: the cache decodes no compression (it offers {names})"
+        usable = [e for e in (ZSTD, LZ4) if e in offered]
+        if not usable:
+            return [], f"none: the cache decodes no compression (it offers {names})"
+        which = " or ".join(NAMES[e] for e in usable)
+        return usable, f"{which} when it pays (--compress auto; the cache decodes {names})"
     wanted = {"zstd": ZSTD, "lz4": LZ4}[mode]
     if wanted in offered:
-        return wanted, f"{mode} (--compress {mode})"
-    return RAW, f"none: --compress {mode}, but the cache decodes only {names}"
+        return [wanted], f"{mode} (--compress {mode})"
+    return [], f"none: --compress {mode}, but the cache decodes only {names}"
 
 
 def _compress(encoding: int, data: bytes) -> tuple[bytes, float]:
@@ -106,22 +108,20 @@ class Packer:
     log = Logger()
 
     def __init__(
-        self, stream: Any, session: Any, encoding: int, run: Callable[..., Deferred[Any]],
-        policy: Optional[AutoPolicy] = None, clock: Callable[[], float] = perf_counter,
+        self, stream: Any, session: Any, policy: Union[AutoPolicy, FixedPolicy], run: Callable[..., Deferred[Any]],
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         """
         @param stream: The session's L{imgrelay.proxy.stream.LinkStream}.
         @param session: The session, whose pipes are held while too much
             is being compressed.
-        @param encoding: What to compress with.
+        @param policy: Says what each chunk is sent with (C{RAW} or a
+            codec), and takes the measures.
         @param run: Runs work in the daemon's threads.
-        @param policy: Decides chunk by chunk (C{--compress auto}); None to
-            compress every chunk.
         @param clock: The time, for the policy's measures.
         """
         self._stream = stream
         self._session = session
-        self._encoding = encoding
         self._run = run
         self.policy = policy
         self._clock = clock
@@ -175,7 +175,8 @@ class Packer:
     def _chunk(self, image: int, data: memoryview) -> None:
         if not data:
             return
-        if not self._compressNext():
+        encoding = RAW if self._failed else self.policy.choose(self._stream.congested)
+        if encoding == RAW:
             if self._queue:
                 copy = bytes(data)
                 self._queue.append(_Waiting(lambda: self._raw(image, copy)))
@@ -188,25 +189,18 @@ class Packer:
         self._pending += 1
         if self._pending >= MAX_PENDING:
             self._session.hold("compress")
-        d = self._run(_compress, self._encoding, copy)
+        d = self._run(_compress, encoding, copy)
         d.addCallbacks(
-            lambda result: self._compressed(waiting, image, copy, result),
+            lambda result: self._compressed(waiting, image, encoding, copy, result),
             lambda failure: self._notCompressed(waiting, image, copy, failure),
         )
 
-    def _compressNext(self) -> bool:
-        if self._failed:
-            return False
-        if self.policy is None:
-            return True
-        return self.policy.compress(self._stream.congested)
-
-    def _compressed(self, waiting: _Waiting, image: int, data: bytes, result: tuple[bytes, float]) -> None:
+    def _compressed(
+        self, waiting: _Waiting, image: int, encoding: int, data: bytes, result: tuple[bytes, float],
+    ) -> None:
         payload, seconds = result
-        if self.policy is not None:
-            self.policy.compressed(len(data), len(payload), seconds)
+        self.policy.compressed(encoding, len(data), len(payload), seconds)
         if len(payload) <= SHRINK * len(data):
-            encoding = self._encoding
             waiting.emit = lambda: self._stream.sendPackedChunk(image, encoding, len(data), payload)
         else:
             waiting.emit = lambda: self._raw(image, data)
@@ -232,5 +226,4 @@ class Packer:
         """
         The cache took the stream up to C{received}: for the policy.
         """
-        if self.policy is not None:
-            self.policy.acked(self._clock(), received, self._stream.congested)
+        self.policy.acked(self._clock(), received, self._stream.congested)

@@ -25,9 +25,8 @@ from imgrelay.wire.pb import link_pb2
 from imgrelay.transport.pipes import PIPE_BLOCK, BufferRing
 from imgrelay.proxy.session import ProxySession
 from imgrelay.proxy.interfaces import ILinkSender
-from imgrelay.proxy.compresspolicy import AutoPolicy
+from imgrelay.proxy.compresspolicy import AutoPolicy, FixedPolicy
 from imgrelay.proxy.packer import Compression, Packer, choose
-from imgrelay.wire.codecs import RAW
 
 #: The most session-stream bytes the proxy holds unacknowledged, by default.
 DEFAULT_WINDOW = 64 << 20
@@ -276,12 +275,12 @@ class LinkStream:
         """
         if self.compression is None:
             return self
-        encoding, why = choose(self.compression.mode, offered)
+        codecs, why = choose(self.compression.mode, offered)
         self.log.info("session {session}: link compression {why}", session=self.session.name, why=why)
-        if encoding == RAW:
+        if not codecs:
             return self
-        policy = AutoPolicy() if self.compression.mode == "auto" else None
-        self.packer = Packer(self, self.session, encoding, self.compression.run, policy)
+        policy = AutoPolicy(codecs) if self.compression.mode == "auto" else FixedPolicy(codecs[0])
+        self.packer = Packer(self, self.session, policy, self.compression.run, self.session.clock)
         return self.packer
 
     def detach(self, connection: IConnection, reason: str) -> None:

@@ -19,9 +19,9 @@ from typing import Any, Optional
 from imgrelay.core.errors import ProtocolError
 from imgrelay.wire.pb import link_pb2
 
-RAW = link_pb2.RAW
-ZSTD = link_pb2.ZSTD
-LZ4 = link_pb2.LZ4
+RAW: int = link_pb2.RAW
+ZSTD: int = link_pb2.ZSTD
+LZ4: int = link_pb2.LZ4
 
 #: Each encoding's name, as C{--compress} and the logs spell it.
 NAMES: dict[int, str] = {RAW: "none", ZSTD: "zstd", LZ4: "lz4"}

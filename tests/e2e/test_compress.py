@@ -79,7 +79,7 @@ class CompressedEndToEndTests(_DaemonCase):
         The default, C{auto}, says what it agreed on.
         """
         proxyLog, _ = self.check(())
-        self.assertIn("link compression zstd when it pays (--compress auto", proxyLog)
+        self.assertIn("link compression zstd or lz4 when it pays (--compress auto", proxyLog)
 
     def test_none(self) -> None:
         """

@@ -359,7 +359,9 @@ class ResumeEndToEndTests(_DaemonCase):
         cache = self.cache("--oneshot", "--resume-timeout", "30")
         proxy = self.daemon(
             "imgrelay-proxy", "--connect", f"tcp:host=127.0.0.1:port={relay.port}", "--images-dir", self.dumpDir,
-            "--oneshot",
+            # Raw, so that the relay sees every byte: through this Python
+            # relay, auto would compress the patterned image to little.
+            "--oneshot", "--compress", "none",
         )
         images = {f"small-{i}.img": os.urandom(100 + 97 * i) for i in range(50)}
         images["pages-1.img"] = traces.patternBytes("pages-1.img", 200 << 20)

@@ -7,81 +7,115 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay.proxy.compresspolicy import MARGIN, PROBE_EVERY, RATE_INTERVAL, AutoPolicy
+from imgrelay.proxy.compresspolicy import PROBE_EVERY, PROBE_RARELY, RATE_INTERVAL, AutoPolicy, FixedPolicy
+from imgrelay.wire.codecs import LZ4, RAW, ZSTD
 
 MB = 1_000_000
 MiB = 1 << 20
 
 
-def _policy(linkRate: float, speed: float, ratio: float) -> AutoPolicy:
+def _measureLink(policy: AutoPolicy, rate: float, start: float = 0.0, congested: bool = True) -> float:
     """
-    A policy that measured a link of C{linkRate} bytes per second and a
-    compressor of C{speed} that shrinks C{ratio} times.
+    The cache acknowledges at C{rate} bytes per second for 2 s.
     """
-    policy = AutoPolicy()
-    now, received = 0.0, 0
+    now, received = start, 0
     for _ in range(40):
-        policy.acked(now, received, congested=True)
+        policy.acked(now, received, congested)
         now += RATE_INTERVAL
-        received += int(linkRate * RATE_INTERVAL)
+        received += int(rate * RATE_INTERVAL)
+    return now
+
+
+def _measureCodec(policy: AutoPolicy, encoding: int, speed: float, ratio: float) -> None:
     for _ in range(40):
-        policy.compressed(MiB, int(MiB / ratio), MiB / speed)
-    return policy
+        policy.compressed(encoding, MiB, int(MiB / ratio), MiB / speed)
 
 
 class AutoPolicyTests(SynchronousTestCase):
     """
-    Compress when it makes the migration faster, by the measures.
+    Compress when, and with what, it makes the migration faster.
     """
+
+    def policy(self, linkRate: float, zstd: tuple[float, float], lz4: tuple[float, float]) -> AutoPolicy:
+        policy = AutoPolicy([ZSTD, LZ4])
+        _measureLink(policy, linkRate)
+        _measureCodec(policy, ZSTD, *zstd)
+        _measureCodec(policy, LZ4, *lz4)
+        return policy
 
     def test_gigabitHeap(self) -> None:
         """
-        A 1 Gbit link and heap memory (7x at 650 MB/s): compress, even
-        once the link keeps up (it keeps up because of the compression).
+        A 1 Gbit link and heap memory: Zstandard (7x at 650 MB/s) beats LZ4
+        (4x at 1 GB/s) by the model, and is used even once the link keeps
+        up (it keeps up because of the compression).
         """
-        policy = _policy(118 * MB, 650 * MB, 7)
-        gain = policy.gain()
-        assert gain is not None
-        self.assertLess(abs(gain - 650 / 118), 0.2)
-        self.assertTrue(policy.compress(congested=True))
-        self.assertTrue(policy.compress(congested=False))
+        policy = self.policy(118 * MB, (650 * MB, 7), (1000 * MB, 4))
+        self.assertEqual(policy.best()[0], ZSTD)
+        decisions = [policy.choose(congested=False) for _ in range(PROBE_EVERY * 2)]
+        self.assertEqual(decisions.count(ZSTD), PROBE_EVERY * 2 - 2)
+        self.assertEqual(decisions.count(LZ4), 2)
+
+    def test_slowStreamPicksTheOther(self) -> None:
+        """
+        While Zstandard is used, the stream moves (in image bytes) slower
+        than LZ4 could send: LZ4 takes over.
+        """
+        policy = self.policy(118 * MB, (650 * MB, 7), (1000 * MB, 4))
+        self.assertEqual(policy.choose(congested=True), ZSTD)
+        # Compressed with zstd the cache takes 35 MB/s of link bytes:
+        # 245 MB/s of image, under LZ4's 472 (118 x 4).
+        _measureLink(policy, 35 * MB, start=100.0)
+        self.assertEqual(policy.best()[0], LZ4)
 
     def test_tenGigabit(self) -> None:
         """
-        A 10 Gbit link (1.2 GB/s): raw, the compressor is slower than the
-        link; a chunk in L{PROBE_EVERY} is compressed while congested.
+        A 10 Gbit link: both codecs are slower than the link, so raw, and
+        probes only rarely.
         """
-        policy = _policy(1200 * MB, 650 * MB, 7)
-        decisions = [policy.compress(congested=True) for _ in range(PROBE_EVERY * 3)]
-        self.assertEqual(sum(decisions), 3)
-        self.assertEqual([policy.compress(congested=False) for _ in range(100)], [False] * 100)
+        policy = self.policy(1200 * MB, (650 * MB, 7), (1000 * MB, 4))
+        self.assertEqual(policy.best()[0], RAW)
+        decisions = [policy.choose(congested=True) for _ in range(PROBE_RARELY * 2)]
+        self.assertIn(len(decisions) - decisions.count(RAW), (3, 4))
+        self.assertEqual([policy.choose(congested=False) for _ in range(100)], [RAW] * 100)
 
     def test_random(self) -> None:
         """
-        Random memory (ratio 1) on a slow link: raw.
+        Random memory (ratio 1) on a slow link: raw, probing each codec one
+        chunk in L{PROBE_EVERY} while the link is the bottleneck.
         """
-        policy = _policy(118 * MB, 3000 * MB, 1.0)
-        gain = policy.gain()
-        assert gain is not None
-        self.assertLess(gain, MARGIN)
-        self.assertFalse(policy.compress(congested=False))
+        policy = self.policy(118 * MB, (3000 * MB, 1.0), (5000 * MB, 1.0))
+        self.assertEqual(policy.best()[0], RAW)
+        decisions = [policy.choose(congested=True) for _ in range(PROBE_EVERY * 4)]
+        self.assertIn(decisions.count(ZSTD), (3, 4))
+        self.assertIn(decisions.count(LZ4), (3, 4))
 
     def test_unmeasured(self) -> None:
         """
-        Before anything is measured: raw while the link keeps up; the
-        first chunk while it is the bottleneck is a probe.
+        Before anything is measured: raw while the link keeps up; while it
+        is the bottleneck, each codec never tried is tried at once.
         """
-        policy = AutoPolicy()
-        self.assertIsNone(policy.gain())
-        self.assertFalse(policy.compress(congested=False))
-        self.assertTrue(policy.compress(congested=True))
+        policy = AutoPolicy([ZSTD, LZ4])
+        self.assertEqual(policy.best(), (RAW, None))
+        self.assertEqual(policy.choose(congested=False), RAW)
+        self.assertEqual(policy.choose(congested=True), ZSTD)
+        policy.compressed(ZSTD, MiB, MiB // 7, MiB / (650 * MB))
+        self.assertEqual(policy.choose(congested=True), LZ4)
+
+    def test_firstRatioTaken(self) -> None:
+        """
+        A codec's first measures are taken as they are.
+        """
+        policy = AutoPolicy([ZSTD])
+        policy.compressed(ZSTD, MiB, MiB // 7, 0.001)
+        self.assertEqual(policy.codecs[ZSTD].ratio, MiB / (MiB // 7))
+        self.assertEqual(policy.codecs[ZSTD].speed, MiB / 0.001)
 
     def test_rateOnlyWhenCongested(self) -> None:
         """
         The link's rate is measured only over stretches it was congested,
         and only while chunks go raw.
         """
-        policy = AutoPolicy()
+        policy = AutoPolicy([ZSTD])
         policy.acked(0.0, 0, congested=False)
         policy.acked(1.0, 10 * MB, congested=False)
         self.assertIsNone(policy.linkRate)
@@ -91,22 +125,14 @@ class AutoPolicyTests(SynchronousTestCase):
         policy.acked(1.1, 20 * MB, congested=True)
         self.assertLess(abs((policy.linkRate or 0) - 100 * MB), 1)
 
-    def test_packedRateBounds(self) -> None:
-        """
-        While compressing, a congested link whose stream moves slower (in
-        image bytes) than the raw link did turns compression off; probes
-        let it back on once the compressor proves fast again.
-        """
-        policy = _policy(118 * MB, 650 * MB, 7)
-        self.assertTrue(policy.compress(congested=True))
-        # Compressed, the cache takes 10 MB/s of wire bytes: 70 MB/s of
-        # image bytes, under the raw link's 118.
-        now, received = 100.0, 0
-        for _ in range(40):
-            policy.acked(now, received, congested=True)
-            now += RATE_INTERVAL
-            received += int(10 * MB * RATE_INTERVAL)
-        self.assertFalse(policy.compress(congested=True))
-        for _ in range(40):
-            policy.compressed(MiB, MiB // 7, MiB / (650 * MB))
-        self.assertTrue(policy.compress(congested=True))
+
+class FixedPolicyTests(SynchronousTestCase):
+    """
+    C{--compress zstd} and C{lz4}.
+    """
+
+    def test_always(self) -> None:
+        policy = FixedPolicy(LZ4)
+        policy.acked(0.0, 0, True)
+        policy.compressed(LZ4, 1, 1, 1.0)
+        self.assertEqual({policy.choose(c) for c in (True, False)}, {LZ4})

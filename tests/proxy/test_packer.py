@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from imgrelay.proxy.interfaces import ILinkSender
+from imgrelay.proxy.compresspolicy import FixedPolicy
 from imgrelay.proxy.packer import MAX_PENDING, Packer, choose
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
 from imgrelay.wire.link import MAX_CHUNK
@@ -95,7 +96,7 @@ class PackerTests(SynchronousTestCase):
         self.stream = _Stream()
         self.session = _Session()
         self.threads = _Threads()
-        self.packer = Packer(self.stream, self.session, ZSTD, self.threads)
+        self.packer = Packer(self.stream, self.session, FixedPolicy(ZSTD), self.threads)
 
     def test_interface(self) -> None:
         verifyObject(ILinkSender, self.packer)
@@ -127,7 +128,7 @@ class PackerTests(SynchronousTestCase):
         """
         self.packer.sendChunk(1, HEAP[:50_000])
         buffer = bytearray(b"x" * 1000)
-        self.packer._compressNext = lambda: False  # type: ignore[method-assign]
+        self.packer.policy = FixedPolicy(RAW)
         self.packer.sendChunk(1, memoryview(buffer))
         buffer[:] = b"y" * 1000
         self.threads.finish()
@@ -137,7 +138,7 @@ class PackerTests(SynchronousTestCase):
         """
         With nothing queued, a raw chunk reaches the link as it was given.
         """
-        self.packer._compressNext = lambda: False  # type: ignore[method-assign]
+        self.packer.policy = FixedPolicy(RAW)
         view = memoryview(bytearray(b"abc"))
         self.packer.sendChunk(1, view)  # type: ignore[arg-type]
         self.assertIs(self.stream.sent[0][2].obj, view.obj)
@@ -182,7 +183,7 @@ class PackerTests(SynchronousTestCase):
         A compression that fails sends its chunk raw, and the rest raw too,
         saying so once.
         """
-        packer = Packer(self.stream, self.session, ZSTD, lambda *a: fail(MemoryError("no memory")))
+        packer = Packer(self.stream, self.session, FixedPolicy(ZSTD), lambda *a: fail(MemoryError("no memory")))
         packer.sendChunk(1, HEAP[:1000])
         packer.sendChunk(1, HEAP[1000:2000])
         self.assertEqual(self.stream.chunks(), [("raw", HEAP[:1000]), ("raw", HEAP[1000:2000])])
@@ -203,7 +204,7 @@ class PackerTests(SynchronousTestCase):
         """
         With work run at once (as in a thread), chunks go out compressed.
         """
-        packer = Packer(self.stream, self.session, LZ4, maybeDeferred)
+        packer = Packer(self.stream, self.session, FixedPolicy(LZ4), maybeDeferred)
         packer.sendChunk(3, HEAP)
         self.assertEqual(self.stream.chunks(), [("packed", HEAP)])
 
@@ -214,22 +215,22 @@ class ChooseTests(SynchronousTestCase):
     """
 
     def test_choices(self) -> None:
-        self.assertEqual(choose("auto", [ZSTD, LZ4])[0], ZSTD)
-        self.assertEqual(choose("auto", [LZ4])[0], LZ4)
-        self.assertEqual(choose("lz4", [ZSTD, LZ4])[0], LZ4)
-        self.assertEqual(choose("zstd", [ZSTD])[0], ZSTD)
-        self.assertEqual(choose("none", [ZSTD, LZ4])[0], RAW)
+        self.assertEqual(choose("auto", [LZ4, ZSTD])[0], [ZSTD, LZ4])
+        self.assertEqual(choose("auto", [LZ4])[0], [LZ4])
+        self.assertEqual(choose("lz4", [ZSTD, LZ4])[0], [LZ4])
+        self.assertEqual(choose("zstd", [ZSTD])[0], [ZSTD])
+        self.assertEqual(choose("none", [ZSTD, LZ4])[0], [])
 
     def test_olderCache(self) -> None:
         """
         A cache that offers nothing (an older one) gets raw chunks, and the
         log says why.
         """
-        encoding, why = choose("auto", [])
-        self.assertEqual(encoding, RAW)
+        codecs, why = choose("auto", [])
+        self.assertEqual(codecs, [])
         self.assertIn("decodes no compression", why)
-        encoding, why = choose("zstd", [LZ4])
-        self.assertEqual(encoding, RAW)
+        codecs, why = choose("zstd", [LZ4])
+        self.assertEqual(codecs, [])
         self.assertIn("decodes only lz4", why)
 
 
