@@ -31,7 +31,7 @@ def freePort() -> int:
 _ACCEPTING = 0x10000
 
 
-def unixListening(path: str) -> bool:
+def unixListening(path: str, table: str = "/proc/net/unix") -> bool:
     """
     Whether a UNIX socket listens at C{path}, without connecting to it (a
     connection to a daemon's CRIU socket would be a dump or a restore).
@@ -39,8 +39,16 @@ def unixListening(path: str) -> bool:
     The socket file alone says less: Twisted binds (which makes the file),
     sets its mode, and only then listens; a client connecting in between
     is refused.
+
+    @param table: The C{/proc} table to look in. C{/proc/net/unix} lists
+        only the sockets of the reader's network namespace; a daemon's own
+        (C{/proc/PID/net/unix}) lists those of the daemon's, wherever it runs.
     """
-    with open("/proc/net/unix", "rb") as f:
+    try:
+        f = open(table, "rb")
+    except FileNotFoundError:  # the process named by the table is gone
+        return False
+    with f:
         next(f)
         for line in f:
             fields = line.rstrip(b"\n").split(None, 7)
@@ -51,13 +59,14 @@ def unixListening(path: str) -> bool:
 
 def waitReady(
     exited: Callable[[], Optional[int]], log: Callable[[], str], path: Optional[str] = None,
-    port: Optional[int] = None, timeout: float = 30,
+    port: Optional[int] = None, timeout: float = 30, table: str = "/proc/net/unix",
 ) -> None:
     """
     Wait until a daemon's UNIX socket listens or its TCP port accepts.
 
     @param exited: Its exit status if it exited, else None.
     @param log: What it printed, for the error.
+    @param table: Where to look for the UNIX socket (L{unixListening}).
     @raise RuntimeError: If it exited or the time ran out.
     """
     deadline = time.monotonic() + timeout
@@ -65,7 +74,7 @@ def waitReady(
         status = exited()
         if status is not None:
             raise RuntimeError(f"daemon exited with {status}:\n{log()}")
-        if path is not None and unixListening(path):
+        if path is not None and unixListening(path, table):
             return
         if port is not None:
             try:
@@ -82,19 +91,25 @@ class Daemon:
     One C{twistd -n imgrelay-...} process, its output in a log file.
     """
 
-    def __init__(self, plugin: str, args: list[str], logPath: str, passFds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, plugin: str, args: list[str], logPath: str, passFds: tuple[int, ...] = (), prefix: tuple[str, ...] = (),
+    ) -> None:
         """
         @param plugin: C{"imgrelay-proxy"} or C{"imgrelay-cache"}.
         @param args: The plugin's options.
         @param logPath: Where its output goes.
         @param passFds: Descriptors it inherits, under the same numbers
             (for C{--status-fd}).
+        @param prefix: A command that runs twistd, ending with its
+            arguments, e.g. C{("ip", "netns", "exec", NAME)} to run it in
+            a network namespace. It must exec twistd in its own process
+            (as C{ip netns exec} does), so that the pid is the daemon's.
         """
         self.plugin = plugin
         self.logPath = logPath
         self._log: IO[bytes] = open(logPath, "wb")
         self.process = subprocess.Popen(
-            TWISTD + ["-n", "--pidfile=", plugin, *args],
+            [*prefix, *TWISTD, "-n", "--pidfile=", plugin, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -110,11 +125,13 @@ class Daemon:
 
     def waitFor(self, path: Optional[str] = None, port: Optional[int] = None, timeout: float = 30) -> None:
         """
-        Wait until a UNIX socket listens at C{path} or a TCP port accepts.
+        Wait until a UNIX socket listens at C{path} or a TCP port accepts
+        (on 127.0.0.1 of this process's network namespace). The socket is
+        looked for in the daemon's own network namespace.
 
         @raise RuntimeError: If the daemon exited or the time ran out.
         """
-        waitReady(self.process.poll, self.log, path, port, timeout)
+        waitReady(self.process.poll, self.log, path, port, timeout, f"/proc/{self.process.pid}/net/unix")
 
     def wait(self, timeout: float = 60) -> int:
         """
