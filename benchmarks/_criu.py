@@ -199,9 +199,12 @@ def copyOverTcp(source: str, target: str, timeout: float = TIMEOUT) -> None:
             raise BenchmarkError(f"{process.args!r} failed ({process.returncode}): {said.decode(errors='replace')}")
 
 
-def _baseline(stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim) -> tuple[CriuRun, dict[str, Any]]:
+def _baseline(
+    stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim, copy: Callable[[str, str], Any] = copyOverTcp,
+) -> tuple[CriuRun, dict[str, Any]]:
     """
-    Dump into tmpfs, copy with L{copyOverTcp}, restore from the copy.
+    Dump into tmpfs, copy with C{copy(source, target)} (L{copyOverTcp}),
+    restore from the copy.
 
     @return: The restore, and the times C{t0}, C{dumped}, C{copied}, C{t1}
         and the C{imageBytes}.
@@ -209,7 +212,7 @@ def _baseline(stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim
     dumped, copied = _directory(work, "A"), _directory(work, "B")
     t0 = time.monotonic()
     [dumpEnd] = _exitTimes([_started(stack, criu.dump(victim.pid, dumped))])
-    copyOverTcp(dumped, copied)
+    copy(dumped, copied)
     copyEnd = time.monotonic()
     restore = _started(stack, criu.restore(copied))
     [t1] = _exitTimes([restore])
@@ -217,35 +220,49 @@ def _baseline(stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim
     return restore, {"t0": t0, "dumped": dumpEnd, "copied": copyEnd, "t1": t1, "imageBytes": size}
 
 
-def _daemons(stack: contextlib.ExitStack, work: str) -> tuple[Daemon, Daemon, str, str]:
+def _daemons(
+    stack: contextlib.ExitStack, work: str, host: str = "127.0.0.1", prefixes: tuple[tuple[str, ...], ...] = ((), ()),
+    proxyArgs: tuple[str, ...] = (),
+) -> tuple[Daemon, Daemon, str, str]:
     """
-    Start a oneshot cache and a oneshot proxy linked on loopback TCP, and
-    wait until their CRIU sockets listen.
+    Start a oneshot cache and a oneshot proxy linked on TCP (loopback by
+    default), and wait until their CRIU sockets listen.
 
+    @param host: The cache's address (it listens there alone).
+    @param prefixes: What runs the proxy's and the cache's twistd (e.g.
+        C{ip netns exec NS}: L{Daemon}'s C{prefix}).
+    @param proxyArgs: More options for the proxy.
     @return: The proxy, the cache, the dump's and the restore's directories.
     """
     dumpDir, restoreDir = _directory(work, "D"), _directory(work, "R")
     port = freePort()
-    cache = Daemon("imgrelay-cache", ["--listen", f"tcp:{port}:interface=127.0.0.1", "--images-dir", restoreDir, "--oneshot"],
-                   os.path.join(work, "cache.log"))
+    cache = Daemon("imgrelay-cache", ["--listen", f"tcp:{port}:interface={host}", "--images-dir", restoreDir, "--oneshot"],
+                   os.path.join(work, "cache.log"), prefix=prefixes[1])
     stack.callback(cache.stop)
     cache.waitFor(path=os.path.join(restoreDir, SERVE_SOCKET))
-    proxy = Daemon("imgrelay-proxy", ["--connect", f"tcp:host=127.0.0.1:port={port}", "--images-dir", dumpDir, "--oneshot"],
-                   os.path.join(work, "proxy.log"))
+    proxy = Daemon("imgrelay-proxy", ["--connect", f"tcp:host={host}:port={port}", "--images-dir", dumpDir, "--oneshot",
+                                      *proxyArgs], os.path.join(work, "proxy.log"), prefix=prefixes[0])
     stack.callback(proxy.stop)
     proxy.waitFor(path=os.path.join(dumpDir, CAPTURE_SOCKET))
     return proxy, cache, dumpDir, restoreDir
 
 
-def _imgrelay(stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim) -> tuple[CriuRun, dict[str, Any]]:
+def daemonLogs(*daemons: Daemon) -> str:
+    """@return: The last 30 lines of each daemon's log, for a failure."""
+    return "\n".join(f"--- {d.logPath}:\n" + "\n".join(d.log().splitlines()[-30:]) for d in daemons)
+
+
+def _imgrelay(
+    stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim, **daemons: Any,
+) -> tuple[CriuRun, dict[str, Any]]:
     """
-    Start the daemons (L{_daemons}, not timed), then the restore (it waits
-    for the images), then the dump, both with C{--stream}; both daemons
-    must exit 0.
+    Start the daemons (L{_daemons}, given C{daemons}, not timed), then the
+    restore (it waits for the images), then the dump, both with
+    C{--stream}; both daemons must exit 0.
 
     @return: The restore, and the times C{t0}, C{dumped}, C{t1}.
     """
-    proxy, cache, dumpDir, restoreDir = _daemons(stack, work)
+    proxy, cache, dumpDir, restoreDir = _daemons(stack, work, **daemons)
     try:
         restore = _started(stack, criu.restore(restoreDir, "--stream"))
         t0 = time.monotonic()
@@ -254,8 +271,7 @@ def _imgrelay(stack: contextlib.ExitStack, work: str, criu: Criu, victim: Victim
             if daemon.wait(30) != 0:
                 raise BenchmarkError(f"the {name} exited with {daemon.process.returncode}")
     except (BenchmarkError, RuntimeError) as e:
-        logs = "\n".join(f"--- {d.logPath}:\n" + "\n".join(d.log().splitlines()[-30:]) for d in (proxy, cache))
-        raise BenchmarkError(f"{e}\n{logs}") from None
+        raise BenchmarkError(f"{e}\n{daemonLogs(proxy, cache)}") from None
     return restore, {"t0": t0, "dumped": dumpEnd, "t1": t1}
 
 
@@ -280,11 +296,19 @@ def _check(restore: CriuRun, victim: Victim, before: dict[str, Any], stack: cont
         raise BenchmarkError(f"the restored victim does not check out: {after} (before the dump: {before})")
 
 
-def runOnce(case: Case, system: str, run: int) -> CriuResult:
+#: How one system migrates: given the run's stack, directory, CRIU and
+#: victim, it gives the restore and its times (L{_baseline}, L{_imgrelay}).
+Migrate = Callable[[contextlib.ExitStack, str, Criu, Victim], tuple[CriuRun, dict[str, Any]]]
+
+
+def runOnce(case: Case, system: str, run: int, migrate: Optional[Migrate] = None) -> CriuResult:
     """
     Migrate a fresh victim of C{case} through C{system}, in a fresh
     directory on tmpfs, removed afterwards with every process started in
     it, whatever happened.
+
+    @param migrate: How (default: L{_baseline} or L{_imgrelay} as
+        C{system} says).
 
     @raise BenchmarkError: If a step failed or the restored state differs.
     """
@@ -300,7 +324,8 @@ def runOnce(case: Case, system: str, run: int) -> CriuResult:
                 raise BenchmarkError(f"the victim fails its own check before the dump: {before}")
             rss = _vmRss(victim.pid)
             warmMemory(4 * rss)
-            migrate = _baseline if system == "baseline" else _imgrelay
+            if migrate is None:
+                migrate = _baseline if system == "baseline" else _imgrelay
             restore, times = migrate(stack, work, Criu(work), victim)
             _check(restore, victim, before, stack)
     except (BenchmarkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
