@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Optional
 
 import attrs
 
-from benchmarks import _criu, _perf, _profile, _scenarios
+from benchmarks import _criu, _perf, _profile, _scenarios, _shaped
 from benchmarks._content import ReceiveBuffer, Source, expectedDigests, layout, layoutSize
 from benchmarks._report import details, table, targets
 from benchmarks._runner import SYSTEMS, BenchmarkError, RunResult, asDict, runOnce
@@ -44,12 +45,13 @@ def _streamKeys(spec: Optional[str]) -> list[str]:
     """
     @param spec: C{--scenario}'s value.
     @return: The keys of L{_scenarios} it names (all if none is named at
-        all), leaving out the real-CRIU ones.
+        all), leaving out the real-CRIU and the shaped-link ones.
     @raise KeyError: For an unknown key.
     """
     if not spec:
         return _scenarios.select(spec)
-    rest = [p for p in spec.split(",") if p.strip() and p.strip() not in ("criu", *_criu.KEYS)]
+    others = ("criu", *_criu.KEYS, "net", *_shaped.KEYS)
+    rest = [p for p in spec.split(",") if p.strip() and p.strip() not in others]
     return _scenarios.select(",".join(rest)) if rest else []
 
 
@@ -142,6 +144,49 @@ def _criuBenchmarks(args: argparse.Namespace, keys: list[str], systems: list[str
     return results
 
 
+def _netBenchmarks(args: argparse.Namespace, keys: list[str], systems: list[str]) -> Optional[list[_shaped.NetResult]]:
+    """
+    Run the shaped-link cases (L{_shaped}) and print their table, or say
+    why some or all are skipped.
+
+    @return: Every run's result (none if all skipped), or None if one failed.
+    """
+    chosen = [*(_shaped.MODES if "imgrelay" in systems else ()), *((_shaped.PIPELINE,) if "baseline" in systems else ())]
+    skipped = _shaped.unavailable(keys, args.heap_pages)
+    if not chosen:
+        skipped = {k: "--system names neither imgrelay nor baseline" for k in keys}
+    for key, reason in skipped.items():
+        print(f"\nshaped-link case {key} skipped: {reason}")
+    keys = [k for k in keys if k not in skipped]
+    if not keys:
+        return []
+    began = time.monotonic()
+    # A SIGTERM unwinds like Ctrl-C: namespaces, daemons, victims, directories go.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        results, rates = _shaped.benchmark(keys, chosen, args.runs, args.scale, args.heap_pages, _log)
+    except BenchmarkError as e:
+        _log(f"FAILED: {e}")
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    titles = {k: t for k, t in (
+        ("net-heap-criu", f"real CRIU, heap victim, {max(1000, round(_criu.HEAP_OBJECTS * args.scale))} Python objects"),
+        ("net-heap-pages", f"{args.heap_pages} repeated to {max(1, round(_shaped.PAGES_MIB * args.scale))} MiB "
+                           "as pages-1.img, then inventory.img"),
+        ("net-random", f"{max(1, round(_shaped.PAGES_MIB * args.scale))} MiB of random bytes as pages-1.img, "
+                       "then inventory.img"),
+    ) if k in keys}
+    print(f"\nshaped links: {args.runs} runs, scale {args.scale}, {time.monotonic() - began:.0f} s in all; every byte "
+          "verified, every restored victim checked")
+    print(f"imgrelay: {_imgrelayVersion(args.imgrelay_path)}")
+    print(_shaped.HOW)
+    print(_shaped.table(results, rates, titles))
+    print("\ntargets (information, not tests):")
+    print(_shaped.targets(results))
+    return results
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """
     Run the benchmarks and print the table.
@@ -150,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="imgrelay's benchmarks (issue 5)")
     parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
-    parser.add_argument("--scenario", default=None, help=f"comma-separated, of {','.join(_scenarios.KEYS + _criu.KEYS)} (c = both c-*, criu = both criu-*: real CRIU, root only); default all")
+    parser.add_argument("--scenario", default=None, help=f"comma-separated, of {','.join(_scenarios.KEYS + _criu.KEYS + _shaped.KEYS)} (c = both c-*, criu = both criu-*: real CRIU, root only; net = all net-*: shaped links, root only); default all")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply image sizes and file counts (e.g. 0.1 for a quick run)")
     parser.add_argument("--clients", choices=["process", "thread"], default="process", help="run writer and reader as forked processes (default) or threads")
     parser.add_argument("--system", default="baseline,imgrelay", help="which systems to run, of imgrelay,baseline,naive (naive: the baseline storing in a new bytearray per piece); default baseline,imgrelay")
@@ -158,12 +203,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="record the processes under test with py-spy into DIR and print where their time went (slows them: not for the table)")
     parser.add_argument("--perf", metavar="DIR", help="record the processes under test with Linux perf (kernel frames too: needs root) into DIR and print what their CPU time went to (slows them a little: not for the table)")
     parser.add_argument("--json", metavar="PATH", help="also write every run's raw measures here")
+    parser.add_argument("--heap-pages", metavar="PATH", default=_shaped.HEAP_PAGES, help=f"real heap pages for net-heap-pages (default {_shaped.HEAP_PAGES})")
     args = parser.parse_args(argv)
     try:
         keys = _streamKeys(args.scenario)
     except KeyError as e:
         parser.error(f"unknown scenario {e}")
     criuKeys = _criu.selectKeys(args.scenario)
+    netKeys = _shaped.selectKeys(args.scenario)
     systems = [s for s in args.system.split(",") if s]
     if not systems or any(s not in SYSTEMS for s in systems):
         parser.error(f"--system takes {','.join(SYSTEMS)}")
@@ -183,9 +230,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         if ranCriu is None:
             return 1
         criuResults = ranCriu
+    netResults: list[_shaped.NetResult] = []
+    if netKeys:
+        ranNet = _netBenchmarks(args, netKeys, systems)
+        if ranNet is None:
+            return 1
+        netResults = ranNet
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asDict(r) for r in results] + [attrs.asdict(r) for r in criuResults], f, indent=1)
+            json.dump([asDict(r) for r in results] + [attrs.asdict(r) for r in criuResults]
+                      + [attrs.asdict(r) for r in netResults], f, indent=1)
     return 0
 
 
