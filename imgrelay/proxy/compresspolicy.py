@@ -20,6 +20,8 @@ no reason to compress, and no chunk is compressed then. While raw, a chunk
 in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
 codecs are too slow for the link whatever the ratio), and while one codec
 is used, the other is tried as often, to keep their measures current.
+Such a try compresses a copy on the side: the chunk goes as chosen,
+without waiting for it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ PROBE_RARELY = 256
 
 #: The weight of each new measure in the running averages.
 WEIGHT = 0.2
+
+#: The weight of a probe's speed in a codec's stream rate measured earlier.
+WEAR = 0.05
 
 #: The least time over which a rate is measured.
 RATE_INTERVAL = 0.05
@@ -100,11 +105,14 @@ class AutoPolicy:
         The cache has taken C{received} bytes of the stream by C{now}.
 
         @param congested: Whether the link held the stream back meanwhile:
-            only then is a rate the link's (raw) or the codec's.
+            only then is a raw stretch's rate the link's. A codec's is
+            what the stream achieves with it either way (the link keeping
+            up means the codec, the CPU or CRIU is what holds it back).
         """
         mark = self._mark
-        if not congested or mark is None or mark[2] != self.current:
-            self._mark = (now, received, self.current) if congested else None
+        measuring = congested or self.current != RAW
+        if not measuring or mark is None or mark[2] != self.current:
+            self._mark = (now, received, self.current) if measuring else None
             return
         then, before, using = mark
         if now - then < RATE_INTERVAL:
@@ -130,8 +138,9 @@ class AutoPolicy:
             stats.speed = _average(stats.speed, size / seconds)
             if encoding != self.current and stats.streamRate is not None:
                 # A rate measured while this codec was used is not measured
-                # again until it is used again: let probes wear it off.
-                stats.streamRate = _average(stats.streamRate, size / seconds)
+                # again until it is used again: let probes wear it off,
+                # slowly (the stream's rate is the better measure).
+                stats.streamRate += WEAR * (size / seconds - stats.streamRate)
 
     def best(self) -> tuple[int, Optional[float]]:
         """
@@ -147,18 +156,19 @@ class AutoPolicy:
                 choice, gain = encoding, achievable / self.linkRate
         return (choice, gain) if gain is not None and gain >= MARGIN else (RAW, gain)
 
-    def choose(self, congested: bool) -> int:
+    def choose(self, congested: bool) -> tuple[int, Optional[int]]:
         """
         @param congested: Whether the link holds the stream back now.
-        @return: What to send the next chunk with: C{RAW} or a codec.
+        @return: What to send the next chunk with (C{RAW} or a codec), and
+            a codec to try it with on the side, for the measures only (the
+            chunk does not wait for that), or None.
         """
         choice, _ = self.best()
-        if choice == RAW and not congested:
-            self.current = RAW
-            return RAW
         self.current = choice
+        if choice == RAW and not congested:
+            return RAW, None
         # Try the codecs not in use now and then (at once, one never tried);
-        # one chunk at a time.
+        # one at a time.
         due = None
         for encoding, stats in self.codecs.items():
             if encoding == choice:
@@ -168,7 +178,7 @@ class AutoPolicy:
             if due is None and (stats.speed is None or stats.sinceProbe >= every):
                 stats.sinceProbe = 0
                 due = encoding
-        return choice if due is None else due
+        return choice, due
 
     def _mightPay(self, stats: CodecStats) -> bool:
         # Even data that shrank to nothing could not beat the link if the
@@ -194,8 +204,8 @@ class FixedPolicy:
         Nothing to measure.
         """
 
-    def choose(self, congested: bool) -> int:
+    def choose(self, congested: bool) -> tuple[int, Optional[int]]:
         """
-        @return: The codec.
+        @return: The codec, and nothing to try.
         """
-        return self.encoding
+        return self.encoding, None

@@ -128,6 +128,7 @@ class Packer:
         self._queue: deque[_Waiting] = deque()
         self._pending = 0
         self._failed = False
+        self._probing = False
         self.ring = stream.ring
 
     # ILinkSender
@@ -175,7 +176,9 @@ class Packer:
     def _chunk(self, image: int, data: memoryview) -> None:
         if not data:
             return
-        encoding = RAW if self._failed else self.policy.choose(self._stream.congested)
+        encoding, probe = (RAW, None) if self._failed else self.policy.choose(self._stream.congested)
+        if probe is not None and not self._probing:
+            self._probe(probe, bytes(data))
         if encoding == RAW:
             if self._queue:
                 copy = bytes(data)
@@ -194,6 +197,20 @@ class Packer:
             lambda result: self._compressed(waiting, image, encoding, copy, result),
             lambda failure: self._notCompressed(waiting, image, copy, failure),
         )
+
+    def _probe(self, encoding: int, data: bytes) -> None:
+        """
+        Compress a copy of a chunk on the side, for the policy's measures;
+        one at a time.
+        """
+        self._probing = True
+
+        def measured(result: tuple[bytes, float]) -> None:
+            self.policy.compressed(encoding, len(data), len(result[0]), result[1])
+
+        d = self._run(_compress, encoding, data)
+        d.addCallbacks(measured, lambda failure: None)
+        d.addBoth(lambda _: setattr(self, "_probing", False))
 
     def _compressed(
         self, waiting: _Waiting, image: int, encoding: int, data: bytes, result: tuple[bytes, float],

@@ -52,8 +52,8 @@ class AutoPolicyTests(SynchronousTestCase):
         policy = self.policy(118 * MB, (650 * MB, 7), (1000 * MB, 4))
         self.assertEqual(policy.best()[0], ZSTD)
         decisions = [policy.choose(congested=False) for _ in range(PROBE_EVERY * 2)]
-        self.assertEqual(decisions.count(ZSTD), PROBE_EVERY * 2 - 2)
-        self.assertEqual(decisions.count(LZ4), 2)
+        self.assertEqual({sent for sent, _ in decisions}, {ZSTD})
+        self.assertEqual([tried for _, tried in decisions].count(LZ4), 2)
 
     def test_slowStreamPicksTheOther(self) -> None:
         """
@@ -61,7 +61,7 @@ class AutoPolicyTests(SynchronousTestCase):
         than LZ4 could send: LZ4 takes over.
         """
         policy = self.policy(118 * MB, (650 * MB, 7), (1000 * MB, 4))
-        self.assertEqual(policy.choose(congested=True), ZSTD)
+        self.assertEqual(policy.choose(congested=True)[0], ZSTD)
         # Compressed with zstd the cache takes 35 MB/s of link bytes:
         # 245 MB/s of image, under LZ4's 472 (118 x 4).
         _measureLink(policy, 35 * MB, start=100.0)
@@ -75,8 +75,9 @@ class AutoPolicyTests(SynchronousTestCase):
         policy = self.policy(1200 * MB, (650 * MB, 7), (1000 * MB, 4))
         self.assertEqual(policy.best()[0], RAW)
         decisions = [policy.choose(congested=True) for _ in range(PROBE_RARELY * 2)]
-        self.assertIn(len(decisions) - decisions.count(RAW), (3, 4))
-        self.assertEqual([policy.choose(congested=False) for _ in range(100)], [RAW] * 100)
+        self.assertEqual({sent for sent, _ in decisions}, {RAW})
+        self.assertIn(len([tried for _, tried in decisions if tried is not None]), (3, 4))
+        self.assertEqual([policy.choose(congested=False) for _ in range(100)], [(RAW, None)] * 100)
 
     def test_random(self) -> None:
         """
@@ -86,8 +87,10 @@ class AutoPolicyTests(SynchronousTestCase):
         policy = self.policy(118 * MB, (3000 * MB, 1.0), (5000 * MB, 1.0))
         self.assertEqual(policy.best()[0], RAW)
         decisions = [policy.choose(congested=True) for _ in range(PROBE_EVERY * 4)]
-        self.assertIn(decisions.count(ZSTD), (3, 4))
-        self.assertIn(decisions.count(LZ4), (3, 4))
+        self.assertEqual({sent for sent, _ in decisions}, {RAW})
+        tried = [t for _, t in decisions]
+        self.assertIn(tried.count(ZSTD), (3, 4))
+        self.assertIn(tried.count(LZ4), (3, 4))
 
     def test_unmeasured(self) -> None:
         """
@@ -96,10 +99,10 @@ class AutoPolicyTests(SynchronousTestCase):
         """
         policy = AutoPolicy([ZSTD, LZ4])
         self.assertEqual(policy.best(), (RAW, None))
-        self.assertEqual(policy.choose(congested=False), RAW)
-        self.assertEqual(policy.choose(congested=True), ZSTD)
+        self.assertEqual(policy.choose(congested=False), (RAW, None))
+        self.assertEqual(policy.choose(congested=True), (RAW, ZSTD))
         policy.compressed(ZSTD, MiB, MiB // 7, MiB / (650 * MB))
-        self.assertEqual(policy.choose(congested=True), LZ4)
+        self.assertEqual(policy.choose(congested=True), (RAW, LZ4))
 
     def test_firstRatioTaken(self) -> None:
         """
@@ -135,4 +138,26 @@ class FixedPolicyTests(SynchronousTestCase):
         policy = FixedPolicy(LZ4)
         policy.acked(0.0, 0, True)
         policy.compressed(LZ4, 1, 1, 1.0)
-        self.assertEqual({policy.choose(c) for c in (True, False)}, {LZ4})
+        self.assertEqual({policy.choose(c) for c in (True, False)}, {(LZ4, None)})
+
+
+class CodecStreamRateTests(SynchronousTestCase):
+    """
+    A codec's stream rate is measured whether or not the link is the
+    bottleneck: with compression the link keeps up, and what holds the
+    stream back is the codec, the CPU or the source.
+    """
+
+    def test_measuredUncongested(self) -> None:
+        """
+        Zstandard, chosen by its speed, turns out to move the stream at
+        245 MB/s of image with the link idle; LZ4 (472 MB/s by the model)
+        takes over.
+        """
+        policy = AutoPolicy([ZSTD, LZ4])
+        _measureLink(policy, 118 * MB)
+        _measureCodec(policy, ZSTD, 650 * MB, 7)
+        _measureCodec(policy, LZ4, 1000 * MB, 4)
+        self.assertEqual(policy.choose(congested=False)[0], ZSTD)
+        _measureLink(policy, 35 * MB, start=100.0, congested=False)
+        self.assertEqual(policy.choose(congested=False)[0], LZ4)

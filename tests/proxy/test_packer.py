@@ -271,3 +271,29 @@ class CongestedTests(SynchronousTestCase):
         self.assertFalse(stream.congested)
         stream.outbound.append([b"x"])
         self.assertTrue(stream.congested)
+
+
+class ProbeTests(SynchronousTestCase):
+    """
+    A chunk tried with a codec for the measures does not wait for it.
+    """
+
+    def test_probeOnTheSide(self) -> None:
+        """
+        The chunk goes raw at once; its copy is compressed on the side, one
+        at a time, and the policy learns the codec's ratio.
+        """
+        from imgrelay.proxy.compresspolicy import AutoPolicy
+
+        stream, session, threads = _Stream(), _Session(), _Threads()
+        stream.congested = True
+        policy = AutoPolicy([ZSTD])
+        packer = Packer(stream, session, policy, threads)
+        packer.sendChunk(1, HEAP[:100_000])
+        packer.sendChunk(1, HEAP[100_000:200_000])
+        self.assertEqual([kind for kind, _ in stream.chunks()], ["raw", "raw"])
+        self.assertEqual(len(threads.jobs), 1)
+        threads.finish()
+        ratio = policy.codecs[ZSTD].ratio
+        assert ratio is not None
+        self.assertGreater(ratio, 3)
