@@ -44,7 +44,7 @@ PROBE_RARELY = 256
 WEIGHT = 0.2
 
 #: The weight of a probe's speed in a codec's stream rate measured earlier.
-WEAR = 0.05
+WEAR = 0.01
 
 #: The least time over which a rate is measured.
 RATE_INTERVAL = 0.05
