@@ -51,7 +51,7 @@ class CacheStream:
         """
         @param state: The session's state (it has taken the hello).
         @param token: What a resuming link must present.
-        @param window: The proxy's window: progress is reported 64 times
+        @param window: The proxy's window: progress is reported sixteen times
             per window.
         @param decoder: How its encoded chunks are decoded.
         """
@@ -61,7 +61,7 @@ class CacheStream:
         self.token = token
         self.taken = 0
         self._reported = 0
-        self._step = max(window // 64, 1 << 20) if window else DEFAULT_PROGRESS_STEP
+        self._step = max(window // 16, 1 << 20) if window else DEFAULT_PROGRESS_STEP
         self.link: Optional[IResumableLink] = None
         self.expiry: Optional[IDelayedCall] = None
 

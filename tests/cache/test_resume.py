@@ -224,10 +224,10 @@ class CacheStreamTests(SynchronousTestCase):
 
     def test_progress(self) -> None:
         """
-        A report comes once a 64th of the window was taken since the last
-        one, and says how much was taken.
+        A report comes once a sixteenth of the window was taken since the
+        last one, and says how much was taken.
         """
-        stream = self.stream(128 << 20)
+        stream = self.stream(32 << 20)
         stream.taken = (2 << 20) - 1
         self.assertIsNone(stream.progress())
         stream.taken = 2 << 20
