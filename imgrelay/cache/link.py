@@ -162,13 +162,6 @@ class CacheLinkProtocol(Protocol, TimeoutMixin):
         self._gate.release("decoding")
         self.dataReceived(b"")
 
-    def unpackFailed(self, reason: str) -> None:
-        """
-        The stream's chunk did not decode: the session fails.
-        """
-        if not self._closing:
-            self._fail(reason)
-
     def dropSession(self, reason: str) -> None:
         """See L{IBoundReader.dropSession}."""
         if not self._closing:

@@ -19,17 +19,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from imgrelay.core.observers import Observers
+from imgrelay.local.criurun import ExitStatus, logTail
 from imgrelay.local.proctree import killTree, resumeTree, treeOf
-
-#: How many lines of CRIU's log a failed restore reports.
-LOG_TAIL = 12
-
 
 @attrs.frozen
 class RestoreOutcome:
@@ -50,34 +44,6 @@ class RestoreOutcome:
     reason: str = ""
     logTail: str = ""
     seconds: float = 0.0
-
-
-def logTail(path: str, lines: int = LOG_TAIL) -> str:
-    """
-    @return: The errors and warnings of a CRIU log (its last lines if it
-        has none), at most C{lines} of them.
-    """
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace").splitlines()
-    except OSError as e:
-        return f"(no log: {e.strerror})"
-    said = [line for line in text if "Error" in line or "Warn" in line] or text
-    return "\n".join(said[-lines:])
-
-
-class _Exit(ProcessProtocol):
-    def __init__(self, ended: Callable[[int], None]) -> None:
-        self._ended = ended
-
-    def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            self._ended(0)
-        elif isinstance(value, ProcessTerminated):
-            self._ended(value.exitCode if value.exitCode is not None else -(value.signal or 0))
-        else:  # pragma: no cover - Twisted gives no other
-            self._ended(-1)
 
 
 class RestoreJob:
@@ -125,12 +91,14 @@ class RestoreJob:
         """
         self.log.info("session {session}: restoring: {command}", session=self.session, command=" ".join(self.command))
         try:
+            exit = ExitStatus()
             self._process = self._reactor.spawnProcess(
-                _Exit(self._ended), self.command[0], self.command, env=dict(os.environ),
-                childFDs={0: "w", 1: "r", 2: "r"},
+                exit, self.command[0], self.command, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"},
             )
         except OSError as e:
             self._decide(RestoreOutcome(False, status=-1, reason=f"cannot run {self.command[0]}: {e.strerror}"))
+            return
+        exit.ended.addCallback(self._ended)
 
     def whenDecided(self) -> Deferred[RestoreOutcome]:
         """

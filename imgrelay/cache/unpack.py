@@ -88,7 +88,7 @@ class PackedChunk:
 class _Link(Protocol):
     def unpacked(self) -> None: ...
 
-    def unpackFailed(self, reason: str) -> None: ...
+    def dropSession(self, reason: str) -> None: ...
 
 
 class StreamUnpacker:
@@ -151,6 +151,6 @@ class StreamUnpacker:
         reason = failure.getErrorMessage()
         link = self._link()
         if link is not None:
-            link.unpackFailed(reason)
+            link.dropSession(reason)
         else:
             self._stream.state.lost(reason)

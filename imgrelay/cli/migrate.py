@@ -19,14 +19,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
 
 from imgrelay.cli.progress import Progress
 from imgrelay.config import ProxyConfig
 from imgrelay.core.errors import SessionError
+from imgrelay.local.criurun import ExitStatus, logTail
 from imgrelay.local.proctree import killTree, resumeTree, treeOf
 from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.proxy.service import ProxyService
@@ -69,30 +67,6 @@ class Migration:
         @return: The JSON summary (C{--json}).
         """
         return attrs.asdict(self)
-
-
-class _Exit(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred[int] = Deferred()
-
-    def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            self.ended.callback(0)
-        elif isinstance(value, ProcessTerminated):
-            self.ended.callback(value.exitCode if value.exitCode is not None else -(value.signal or 0))
-        else:  # pragma: no cover
-            self.ended.callback(-1)
-
-
-def _tail(path: str, lines: int = 8) -> str:
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    said = [line for line in text if "Error" in line] or text
-    return "\n".join(said[-lines:])
 
 
 def _treeBytes(pid: int) -> int:
@@ -139,7 +113,7 @@ async def migrate(
     command = [criu, "dump", "--stream", "-D", config.imagesDir, "-t", str(pid), "--leave-stopped", "-o", log,
                "-v4", *dumpArgs]
     frozen = reactor.seconds()
-    exit = _Exit()
+    exit = ExitStatus()
     progress.start(_treeBytes(pid), f"session {config.sessionName}, process {pid}")
     reported = [0]
 
@@ -168,7 +142,8 @@ async def migrate(
         result.dumpSeconds = reactor.seconds() - frozen
         if status != 0:
             # CRIU resumed the tree itself; the proxy gives the session up.
-            result.reason = f"criu dump failed with status {status}; the process runs on here:\n{_tail(log)}"
+            tail = logTail(log, 8, ("Error",)) if os.path.exists(log) else ""
+            result.reason = f"criu dump failed with status {status}; the process runs on here:\n{tail}"
             return result
         stoppedHere[0] = True
         try:

@@ -11,7 +11,10 @@ import os
 import signal
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """
+    @return: The processes whose parent is C{pid} (of any of its threads).
+    """
     found: list[int] = []
     try:
         threads = os.listdir(f"/proc/{pid}/task")
@@ -40,7 +43,7 @@ def treeOf(pid: int) -> list[int]:
             continue
         seen.add(current)
         tree.append(current)
-        todo.extend(_children(current))
+        todo.extend(children(current))
     return tree
 
 

@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from imgrelay.proxy.compresspolicy import AutoPolicy, FixedPolicy
 from imgrelay.proxy.interfaces import ILinkSender
-from imgrelay.wire.codecs import LZ4, NAMES, RAW, ZSTD, encode
+from imgrelay.wire.codecs import LZ4, NAMES, RAW, ZSTD, encode, parse
 from imgrelay.wire.link import MAX_CHUNK
 
 #: Chunks being compressed at once, per session.
@@ -77,7 +77,7 @@ def choose(mode: str, offered: list[int]) -> tuple[list[int], str]:
             return [], f"none: the cache decodes no compression (it offers {names})"
         which = " or ".join(NAMES[e] for e in usable)
         return usable, f"{which} when it pays (--compress auto; the cache decodes {names})"
-    wanted = {"zstd": ZSTD, "lz4": LZ4}[mode]
+    wanted = parse(mode)
     if wanted in offered:
         return [wanted], f"{mode} (--compress {mode})"
     return [], f"none: --compress {mode}, but the cache decodes only {names}"

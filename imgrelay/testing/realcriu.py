@@ -25,6 +25,7 @@ import time
 from typing import IO, Any, Callable, Optional
 
 from imgrelay.local.criubin import CriuNotFound, findCriu
+from imgrelay.local.proctree import children, state
 from imgrelay.testing import victim as _victim
 
 #: The victim program, run as a script so that it imports nothing of ours.
@@ -69,25 +70,11 @@ def becomeSubreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def processState(pid: int) -> Optional[str]:
-    """
-    @return: The state letter of C{pid} (C{"R"}, C{"S"}, C{"T"} for
-        stopped, C{"Z"} for a zombie, ...), or None if there is no such
-        process.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat[stat.rindex(b")") + 2:][:1].decode()
-
-
 def alive(pid: int) -> bool:
     """
     @return: Whether C{pid} exists and is not a zombie.
     """
-    return processState(pid) not in (None, "Z")
+    return state(pid) not in (None, "Z")
 
 
 def _until(done: Callable[[], bool], timeout: float, what: str) -> None:
@@ -110,7 +97,7 @@ def askReport(directory: str, pid: int, timeout: float = 60) -> dict[str, Any]:
     if os.path.exists(path):
         os.remove(path)
     if not alive(pid):
-        raise RuntimeError(f"victim {pid} is not running (state {processState(pid)})")
+        raise RuntimeError(f"victim {pid} is not running (state {state(pid)})")
     os.kill(pid, signal.SIGUSR1)
     _until(lambda: os.path.exists(path) or not alive(pid), timeout, f"report of victim {pid}")
     if not os.path.exists(path):
@@ -157,8 +144,7 @@ class Victim:
             _until(lambda: os.path.exists(ready) or self.process.poll() is not None, timeout, "victim start")
             if not os.path.exists(ready):
                 raise RuntimeError(f"victim {kind} exited with {self.process.returncode}:\n{self.log()}")
-            children = open(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read().split()
-            self.pid = int(children[0])
+            self.pid = children(self.process.pid)[0]
         except BaseException:
             self.stop()
             raise
@@ -187,13 +173,9 @@ class Victim:
         init) and reap C{unshare}.
         """
         if self.process.poll() is None:
-            try:
-                children = open(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read().split()
-            except OSError:
-                children = []
-            for child in children:
+            for child in children(self.process.pid):
                 try:
-                    os.kill(int(child), signal.SIGKILL)
+                    os.kill(child, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             try:

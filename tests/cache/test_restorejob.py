@@ -16,7 +16,7 @@ import tempfile
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from imgrelay.cache.restorejob import RestoreJob, logTail
+from imgrelay.cache.restorejob import RestoreJob
 from imgrelay.local.proctree import state
 
 _FAKE = """#!/bin/sh
@@ -114,16 +114,3 @@ class RestoreJobTests(TestCase):
         job.start()
         outcome = await job.whenDecided()
         self.assertFalse(outcome.restored)
-
-    def test_logTail(self) -> None:
-        """
-        The errors and warnings of a log, or its last lines, or why none.
-        """
-        path = os.path.join(self.dir, "log")
-        with open(path, "w") as f:
-            f.write("a\nb\n(1) Error (x): bad\nc\n")
-        self.assertEqual(logTail(path), "(1) Error (x): bad")
-        with open(path, "w") as f:
-            f.write("a\nb\n")
-        self.assertEqual(logTail(path), "a\nb")
-        self.assertIn("no log", logTail(os.path.join(self.dir, "nothing")))
