@@ -22,7 +22,7 @@ The rules that keep the process in exactly one place (docs/migrate.md):
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, ITransport
 from twisted.logger import Logger
@@ -167,14 +167,6 @@ class RestoreJobs:
         else:
             job.abort("the source aborted")
         self._resolved(name, job.resolved or "killed")
-
-    def sessionFailed(self, name: str) -> None:
-        """
-        The session failed before the verdict: there is nothing to commit.
-        """
-        known = self.jobs.get(name)
-        if known is not None and known[1].outcome is None:
-            known[1].abort("the session failed")
 
     def stop(self) -> None:
         """

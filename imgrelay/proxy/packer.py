@@ -170,9 +170,6 @@ class Packer:
             assert emit is not None
             emit()
 
-    def _raw(self, image: int, data: Any) -> None:
-        self._stream.sendChunk(image, data)
-
     def _chunk(self, image: int, data: memoryview) -> None:
         if not data:
             return
@@ -182,9 +179,9 @@ class Packer:
         if encoding == RAW:
             if self._queue:
                 copy = bytes(data)
-                self._queue.append(_Waiting(lambda: self._raw(image, copy)))
+                self._queue.append(_Waiting(lambda: self._stream.sendChunk(image, copy)))
             else:
-                self._raw(image, data)
+                self._stream.sendChunk(image, data)
             return
         copy = bytes(data)
         waiting = _Waiting()
@@ -220,7 +217,7 @@ class Packer:
         if len(payload) <= SHRINK * len(data):
             waiting.emit = lambda: self._stream.sendPackedChunk(image, encoding, len(data), payload)
         else:
-            waiting.emit = lambda: self._raw(image, data)
+            waiting.emit = lambda: self._stream.sendChunk(image, data)
         self._done()
 
     def _notCompressed(self, waiting: _Waiting, image: int, data: bytes, failure: Failure) -> None:
@@ -228,7 +225,7 @@ class Packer:
             self._failed = True
             self.log.failure("session {session}: compression failed; sending raw from now on", failure,
                              session=self._session.name)
-        waiting.emit = lambda: self._raw(image, data)
+        waiting.emit = lambda: self._stream.sendChunk(image, data)
         self._done()
 
     def _done(self) -> None:

@@ -4,7 +4,6 @@ Tests for L{imgrelay.local.proctree}, on real processes.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -5,7 +5,6 @@ string transports and a clock.
 
 from __future__ import annotations
 
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
