@@ -126,8 +126,8 @@ async def migrate(
     ticker.clock = reactor
     ticker.start(0.2, now=False)
     verdicts: Optional[VerdictClient] = None
-    # While the dumped tree waits stopped here and is ours to decide, an
-    # interruption (Ctrl-C, SIGTERM) resumes it: nothing was committed.
+    # While the dumped tree waits stopped here and is ours to decide, it is
+    # resumed on any way out (an interruption too): nothing was committed.
     stoppedHere = [False]
 
     def interrupted() -> None:
@@ -151,7 +151,6 @@ async def migrate(
         except SessionError as e:
             # The dump succeeded (the tree is stopped) and the session did
             # not: nobody else can have a copy.
-            resumeTree(pid)
             result.reason = f"{e}; the process was resumed here"
             return result
         report()
@@ -167,7 +166,6 @@ async def migrate(
         except SessionError as e:
             # The destination never resumes a tree without a commit, and
             # kills one whose verdict found no link: ours is the copy.
-            resumeTree(pid)
             verdicts.answer(False, "the source gave up waiting")
             result.reason = f"{e}; the process was resumed here"
             return result
@@ -175,7 +173,6 @@ async def migrate(
             if timer.active():
                 timer.cancel()
         if not verdict.restored:
-            resumeTree(pid)
             verdicts.answer(False, "the restore failed")
             result.reason = (f"the destination's restore failed: {verdict.reason}; the process was resumed here"
                              + (f"\n{verdict.log_tail}" if verdict.log_tail else ""))
@@ -198,7 +195,9 @@ async def migrate(
         result.destinationSeconds = resolved.seconds
         return result
     finally:
-        if stoppedHere[0] and result.outcome == "kept" and not result.reason:
+        if stoppedHere[0]:
+            # Every way out before the point of no return: the process is
+            # ours, and runs on here.
             resumeTree(pid)
         reactor.removeSystemEventTrigger(trigger)
         # A session that ends after we stopped waiting is told nobody.
