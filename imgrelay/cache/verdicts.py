@@ -96,6 +96,9 @@ class RestoreJobs:
         old = self.jobs.pop(name, None)
         if old is not None:
             old[1].abort("a new session of the same name began")
+        # Whatever became of the last one's verdict, this one's is new.
+        self._delivered.discard(name)
+        self._disarm(name)
         job = self._makeJob(self._reactor, self._criu, self._imagesDirOf(name), self._args, name, self.clock,
                             self.clock())
         self.jobs[name] = (token, job)

@@ -191,3 +191,19 @@ class RestoreJobsTests(SynchronousTestCase):
         self.assertEqual((verdict.restored, verdict.reason, verdict.log_tail),
                          (False, "criu restore exited with status 1", "E"))
         self.assertEqual(self.resolved, [("web-1", "failed")])
+
+    def test_sameNameAgain(self) -> None:
+        """
+        A second session of the same name (imgrelay migrate of the same pid
+        again) starts afresh: its verdict, never heard, has its tree killed,
+        whatever became of the first one's.
+        """
+        first, _ = self.link()
+        self.job.decide(RestoreOutcome(True, pid=77))
+        first.connectionLost(None)
+        second = self.jobs.start("web-1", TOKEN)
+        self.assertEqual(self.job.resolved, "killed")
+        second.decide(RestoreOutcome(True, pid=88))  # type: ignore[attr-defined]
+        self.clock.advance(10)
+        self.assertEqual(second.resolved, "killed")
+        self.assertEqual(self.resolved, [("web-1", "killed")])
