@@ -185,7 +185,10 @@ class FaultRelay:
                     elif point == "final-handshake" and doneSeen and kinds & {"done_ok", "failed"}:
                         send, cut = b"", True
                     elif point == "after-confirmation" and "done_ok" in kinds:
-                        cut = True
+                        # A kill strikes before the answer goes on (then it
+                        # does): forwarded first, a proxy quick enough could
+                        # read it and exit before the kill.
+                        send, cut = (b"", True) if self.strike is not None else (data, True)
                     elif point == "after-verdict" and "verdict" in kinds:
                         cut = True
                 if cut and self.forGood:
