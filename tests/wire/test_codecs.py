@@ -111,6 +111,30 @@ class CodecTests(SynchronousTestCase):
             with self.assertRaises(BadChunk):
                 decode(ZSTD, payload + extra, 300)
 
+    def test_truncated(self) -> None:
+        """
+        A frame cut short is refused, and the decoder this thread keeps
+        decodes the next whole chunk correctly after it.
+        """
+        data = _heapish(300_000)
+        for encoding in available():
+            payload = encode(encoding, data)
+            for cut in (1, len(payload) // 2, len(payload) - 1):
+                with self.assertRaises(BadChunk):
+                    decode(encoding, payload[:cut], len(data))
+                self.assertEqual(decode(encoding, payload, len(data)), data)
+
+    def test_views(self) -> None:
+        """
+        A payload may come as a C{bytearray} or a C{memoryview} (the
+        cache collects it into a C{bytearray}).
+        """
+        data = _heapish(50_000)
+        for encoding in available():
+            payload = encode(encoding, data)
+            for view in (bytearray(payload), memoryview(bytearray(payload))):
+                self.assertEqual(decode(encoding, view, len(data)), data)
+
     def test_unknownEncoding(self) -> None:
         """
         RAW and unknown numbers cannot be decoded or encoded.
