@@ -3,9 +3,8 @@
 When C{--compress auto} compresses a chunk, and with what (L{AutoPolicy}),
 from what it measures: no clock of its own, no I/O.
 
-Sent raw, the stream moves at the link's rate L (the link bytes the cache
-acknowledges per second while the link is the bottleneck, whatever the
-chunks carry). Compressed with a
+Sent raw, the stream moves at the link's rate L (the cache's
+acknowledgements while the link is the bottleneck). Compressed with a
 codec, it moves at the smaller of what that codec achieves, C, and L times
 the ratio r it shrinks the data by. So a codec pays when min(C, L r) beats
 L by L{MARGIN}, and the codec that pays most is used. C is the codec's
@@ -17,11 +16,7 @@ shared with CRIU can hold it back well below the compressor's own speed.
 On a 1 Gbit link (L about 118 MB/s) heap memory (r 4 to 8) goes several
 times faster compressed; on loopback or a 10 Gbit link (L over 1 GB/s),
 or with random memory (r = 1), raw is faster. A link that keeps up gives
-no reason to compress, and no chunk is compressed then. Until L is
-measured, a link that holds the stream back gets the fastest codec that
-shrank the data (by the first chunks, tried on the side): a raw start
-filled a 1 Gbit link with 17 MiB before the first measure, as long as
-all the rest of a 256 MiB heap took compressed. While raw, a chunk
+no reason to compress, and no chunk is compressed then. While raw, a chunk
 in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
 codecs are too slow for the link whatever the ratio), and while one codec
 is used, the other is tried as often, to keep their measures current.
@@ -103,7 +98,6 @@ class AutoPolicy:
         self.linkRate: Optional[float] = None
         self.codecs = {encoding: CodecStats() for encoding in encodings}
         self.current = RAW
-        self._linkMark: Optional[tuple[float, int]] = None
         self._mark: Optional[tuple[float, int, int]] = None
 
     def acked(self, now: float, received: int, congested: bool) -> None:
@@ -111,33 +105,25 @@ class AutoPolicy:
         The cache has taken C{received} bytes of the stream by C{now}.
 
         @param congested: Whether the link held the stream back meanwhile:
-            only then is the stretch's rate the link's, raw or compressed.
-            A codec's stream rate is what the stream achieves with it
-            either way (the link keeping up means the codec, the CPU or
-            CRIU is what holds it back).
+            only then is a raw stretch's rate the link's. A codec's is
+            what the stream achieves with it either way (the link keeping
+            up means the codec, the CPU or CRIU is what holds it back).
         """
-        self._linkMeasure(now, received, congested)
         mark = self._mark
-        if self.current == RAW or mark is None or mark[2] != self.current:
-            self._mark = None if self.current == RAW else (now, received, self.current)
+        measuring = congested or self.current != RAW
+        if not measuring or mark is None or mark[2] != self.current:
+            self._mark = (now, received, self.current) if measuring else None
             return
         then, before, using = mark
         if now - then < RATE_INTERVAL:
             return
-        stats = self.codecs[using]
         rate = (received - before) / (now - then)
-        stats.streamRate = _average(stats.streamRate, rate * (stats.ratio or 1.0))
+        if using == RAW:
+            self.linkRate = _average(self.linkRate, rate)
+        else:
+            stats = self.codecs[using]
+            stats.streamRate = _average(stats.streamRate, rate * (stats.ratio or 1.0))
         self._mark = (now, received, using)
-
-    def _linkMeasure(self, now: float, received: int, congested: bool) -> None:
-        mark = self._linkMark
-        if not congested or mark is None:
-            self._linkMark = (now, received) if congested else None
-            return
-        then, before = mark
-        if now - then >= RATE_INTERVAL:
-            self.linkRate = _average(self.linkRate, (received - before) / (now - then))
-            self._linkMark = (now, received)
 
     def compressed(self, encoding: int, size: int, sent: int, seconds: float) -> None:
         """
@@ -178,8 +164,6 @@ class AutoPolicy:
             chunk does not wait for that), or None.
         """
         choice, _ = self.best()
-        if self.linkRate is None and congested:
-            choice = self._quickest()
         self.current = choice
         if choice == RAW and not congested:
             return RAW, None
@@ -195,12 +179,6 @@ class AutoPolicy:
                 stats.sinceProbe = 0
                 due = encoding
         return choice, due
-
-    def _quickest(self) -> int:
-        # The fastest codec seen to shrink the data by the margin at least.
-        shrinking = [(stats.speed, encoding) for encoding, stats in self.codecs.items()
-                     if stats.speed is not None and stats.ratio is not None and stats.ratio >= MARGIN]
-        return max(shrinking)[1] if shrinking else RAW
 
     def _mightPay(self, stats: CodecStats) -> bool:
         # Even data that shrank to nothing could not beat the link if the
