@@ -28,11 +28,11 @@ from typing import Any, Callable, Optional, Sequence
 import attrs
 
 from benchmarks import _criu, _netns
-from benchmarks._clients import ClientTimes
-from benchmarks._content import warmMemory
-from benchmarks._runner import BenchmarkError, Gate, Worker
+from benchmarks._clients import ClientTimes, CriuRestorer, runReader
+from benchmarks._content import ImageSpec, ReceiveBuffer, layout, layoutSize, warmMemory
+from benchmarks._runner import BenchmarkError, Gate, Worker, _clear
 from imgrelay.testing import realcriu
-from imgrelay.testing.criu import INVENTORY, StreamDumper, StreamRestorer
+from imgrelay.testing.criu import BLOCK, INVENTORY, StreamDumper
 from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
 
 KEYS = ("net-heap-criu", "net-heap-pages", "net-random")
@@ -108,8 +108,38 @@ def images(key: str, heapPages: str, scale: float) -> dict[str, bytes]:
     return {"pages-1.img": pages, INVENTORY: INVENTORY_CONTENT}
 
 
-def _digests(found: dict[str, Optional[bytes]]) -> dict[str, tuple[int, str]]:
-    return {n: (-1, "") if d is None else (len(d), hashlib.blake2b(d).hexdigest()) for n, d in found.items()}
+class Received:
+    """
+    Where the restore side puts what it reads, as the main benchmarks'
+    reader does (L{benchmarks._clients.runReader}) and as CRIU does: each
+    image at its own place in memory faulted in before the timed part (a
+    shared map, so that a forked reader's bytes are seen here), the same
+    for imgrelay and for the pipeline's read-back.
+    """
+
+    def __init__(self, content: dict[str, bytes]) -> None:
+        self.places = layout([ImageSpec(name, len(data), i) for i, (name, data) in enumerate(content.items())])
+        self.buffer = ReceiveBuffer(layoutSize(self.places))
+        self._expected = _digests(content)
+
+    def clear(self) -> None:
+        """Zero the places, so that nothing of an earlier run can pass."""
+        _clear(self.buffer, self.places)
+
+    def verify(self, received: dict[str, int]) -> None:
+        """
+        @param received: Each image's length as read (-1: it did not exist).
+        @raise BenchmarkError: If any image's length or bytes differ.
+        """
+        found = {name: bytes(self.buffer.view[off:off + size]) if received.get(name) == size else None
+                 for name, (off, size) in self.places.items()}
+        got = {n: (received.get(n, -1), "") if d is None else (len(d), hashlib.blake2b(d).hexdigest()) for n, d in found.items()}
+        if got != self._expected:
+            raise BenchmarkError(f"read back {got}, written {self._expected}")
+
+
+def _digests(content: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    return {n: (len(d), hashlib.blake2b(d).hexdigest()) for n, d in content.items()}
 
 
 def _dump(capture: str, content: dict[str, bytes], who: int) -> ClientTimes:
@@ -125,17 +155,16 @@ def _dump(capture: str, content: dict[str, bytes], who: int) -> ClientTimes:
     return out
 
 
-def _restore(serve: str, expected: dict[str, tuple[int, str]], gate: Gate, who: int) -> ClientTimes:
-    """The restore side (a forked process), waiting from the start; asks as CRIU does, C{inventory.img} first."""
-    restorer = StreamRestorer(serve)
+def _restore(serve: str, received: Received, gate: Gate, who: int) -> ClientTimes:
+    """
+    The restore side (a forked process), waiting from the start; asks as
+    CRIU does, C{inventory.img} first, and reads each image into its place.
+    """
+    received.buffer.prefault(layoutSize(received.places))
+    client = CriuRestorer(serve)
     gate.set()
-    found = restorer.fetchAll([INVENTORY, *(n for n in expected if n != INVENTORY)])
-    out = ClientTimes(end=time.monotonic())
-    restorer.close()
-    if _digests(found) != expected:
-        raise AssertionError(f"read back {_digests(found)}, written {expected}")
-    out.received = {n: len(d or b"") for n, d in found.items()}
-    return out
+    names = [INVENTORY, *(n for n in received.places if n != INVENTORY)]
+    return runReader(client, tuple((n, True) for n in names), received.places, received.buffer.view, who)
 
 
 def _stats(path: str) -> dict[str, Any]:
@@ -150,16 +179,15 @@ def _daemonOptions(link: _netns.Link, mode: str, statsPath: str) -> dict[str, An
             "proxyArgs": ("--compress", mode, "--stats-file", statsPath)}
 
 
-def _pagesImgrelay(link: _netns.Link, mode: str, content: dict[str, bytes], work: str) -> dict[str, Any]:
+def _pagesImgrelay(link: _netns.Link, mode: str, content: dict[str, bytes], received: Received, work: str) -> dict[str, Any]:
     """Move C{content} through the daemons (not timed: their start) with the CRIU-like client."""
-    expected = _digests(dict(content))
     statsPath = os.path.join(work, "proxy-stats.jsonl")
     with contextlib.ExitStack() as stack:
         proxy, cache, dumpDir, restoreDir = _criu._daemons(stack, work, **_daemonOptions(link, mode, statsPath))
         try:
             gate = Gate()
             stack.callback(gate.close)
-            reader = Worker(partial(_restore, os.path.join(restoreDir, SERVE_SOCKET), expected, gate), "process")
+            reader = Worker(partial(_restore, os.path.join(restoreDir, SERVE_SOCKET), received, gate), "process")
             stack.callback(reader.kill)
             gate.wait(30)
             writer = Worker(partial(_dump, os.path.join(dumpDir, CAPTURE_SOCKET), content), "process")
@@ -176,13 +204,14 @@ def _pagesImgrelay(link: _netns.Link, mode: str, content: dict[str, bytes], work
                     raise BenchmarkError(f"the {d.plugin} exited with {d.process.returncode}")
         except (BenchmarkError, RuntimeError, TimeoutError) as e:
             raise BenchmarkError(f"{e}\n{_criu.daemonLogs(proxy, cache)}") from None
+    received.verify(r.received)
     stats = _stats(statsPath)
     return {"t0": w.start, "dumped": w.end, "t1": r.end, "imageBytes": stats["bytes"], "linkBytes": stats["link_bytes"]}
 
 
-def _pagesPipeline(link: _netns.Link, content: dict[str, bytes], work: str) -> dict[str, Any]:
-    """Write C{content} to tmpfs, copy it with L{_netns.pipeline}, read it back."""
-    expected = _digests(dict(content))
+def _pagesPipeline(link: _netns.Link, content: dict[str, bytes], received: Received, work: str) -> dict[str, Any]:
+    """Write C{content} to tmpfs, copy it with L{_netns.pipeline}, read it back into place."""
+    received.buffer.prefault(layoutSize(received.places))
     source, target = os.path.join(work, "A"), os.path.join(work, "B")
     os.mkdir(source, 0o700)
     os.mkdir(target, 0o700)
@@ -192,24 +221,39 @@ def _pagesPipeline(link: _netns.Link, content: dict[str, bytes], work: str) -> d
             f.write(data)
     dumped = time.monotonic()
     linkBytes = _netns.pipeline(link, source, target)
-    found: dict[str, Optional[bytes]] = {}
+    lengths: dict[str, int] = {}
     for name in [INVENTORY, *(n for n in content if n != INVENTORY)]:
-        with open(os.path.join(target, name), "rb") as f:
-            found[name] = f.read()
+        off, size = received.places[name]
+        fd = os.open(os.path.join(target, name), os.O_RDONLY)
+        try:
+            lengths[name] = _readInto(fd, received.buffer.view[off:off + size])
+        finally:
+            os.close(fd)
     t1 = time.monotonic()
-    if _digests(found) != expected:
-        raise BenchmarkError(f"read back {_digests(found)}, written {expected}")
+    received.verify(lengths)
     return {"t0": t0, "dumped": dumped, "t1": t1, "imageBytes": sum(map(len, content.values())), "linkBytes": linkBytes}
 
 
-def _pagesOnce(link: _netns.Link, system: str, content: dict[str, bytes]) -> dict[str, Any]:
+def _readInto(fd: int, place: memoryview) -> int:
+    """Read a file into its place, as the restore side reads a pipe: a block at a time."""
+    n = 0
+    while n < len(place):
+        got = os.readv(fd, [place[n:n + BLOCK]])
+        if not got:
+            break
+        n += got
+    return n + len(os.read(fd, 1))  # one byte more than its place: too long
+
+
+def _pagesOnce(link: _netns.Link, system: str, content: dict[str, bytes], received: Received) -> dict[str, Any]:
     """One run of C{net-heap-pages} or C{net-random} in a fresh tmpfs directory, removed after."""
     work = tempfile.mkdtemp(prefix="imgrelay-bench-net-", dir=_criu.TMPFS)
     try:
+        received.clear()
         warmMemory(4 * sum(map(len, content.values())))
         if system == PIPELINE:
-            return _pagesPipeline(link, content, work)
-        return _pagesImgrelay(link, system, content, work)
+            return _pagesPipeline(link, content, received, work)
+        return _pagesImgrelay(link, system, content, received, work)
     finally:
         shutil.rmtree(work, True)
 
@@ -256,6 +300,7 @@ def benchmark(keys: Sequence[str], chosen: Sequence[str], runs: int, scale: floa
     """
     realcriu.becomeSubreaper()
     content = {k: images(k, heapPages, scale) for k in keys if k != "net-heap-criu"}
+    places = {k: Received(c) for k, c in content.items()}
     results: list[NetResult] = []
     rates: dict[str, list[float]] = {}
     sampler = _netns.CpuSampler()
@@ -274,7 +319,7 @@ def benchmark(keys: Sequence[str], chosen: Sequence[str], runs: int, scale: floa
                                 if key == "net-heap-criu":
                                     t = _criuOnce(link, system, run, scale)
                                 else:
-                                    t = _pagesOnce(link, system, content[key])
+                                    t = _pagesOnce(link, system, content[key], places[key])
                             except (OSError, RuntimeError, TimeoutError) as e:
                                 raise BenchmarkError(f"{key} over {name} through {system}, run {run}: {e}") from e
                             r = NetResult(key, name, system, run, t["t1"] - t["t0"], t["dumped"] - t["t0"],
@@ -296,9 +341,9 @@ systems: auto, zstd, lz4, none = imgrelay with the proxy's --compress; {PIPELINE
   zstd -1 -T2 into one TCP connection, zstd -d | tar -C B -b 2048 -xf - out of it (A, B on tmpfs)
 net-heap-criu: downtime, from the start of criu dump to the return of criu restore -d (restore waiting with
   --stream; pipeline: criu dump -D A, the copy, criu restore -D B); the restored victim checks its digest
-net-heap-pages, net-random: pages-1.img then inventory.img, from the first byte written (the CRIU-like client; the
-  pipeline: files written to tmpfs) to the last byte read (the CRIU-like client asking inventory.img first; the
-  pipeline: the files read back); every byte checked (BLAKE2b)
+net-heap-pages, net-random: pages-1.img then inventory.img, from the first byte written (the CRIU-like writer; the
+  pipeline: files written to tmpfs) to the last byte read (the reader asking inventory.img first; the pipeline: the
+  files read back), each image read into its place in a map faulted in beforehand; every byte checked (BLAKE2b)
 columns: link MB, the bytes on the link (imgrelay: the proxy's --stats-file link_bytes; pipeline: TCP_INFO's bytes
   received); ratio, image bytes / link bytes; x none, x pipe: none's, the pipeline's median over this one (above 1:
   faster); cpu, the machine's busy cores during the timed part (of {os.cpu_count()}, anything running counted)"""
