@@ -173,7 +173,12 @@ class Packer:
     def _chunk(self, image: int, data: memoryview) -> None:
         if not data:
             return
-        encoding, probe = (RAW, None) if self._failed else self.policy.choose(self._stream.congested)
+        if self._failed:
+            encoding, probe = RAW, None
+        else:
+            congested = self._stream.congested
+            encoding, probe = self.policy.choose(congested)
+            self.policy.fed(self._clock(), len(data), congested or self._pending >= MAX_PENDING - 1)
         if probe is not None and not self._probing:
             self._probe(probe, bytes(data))
         if encoding == RAW:

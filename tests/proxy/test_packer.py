@@ -297,3 +297,55 @@ class ProbeTests(SynchronousTestCase):
         ratio = policy.codecs[ZSTD].ratio
         assert ratio is not None
         self.assertGreater(ratio, 3)
+
+
+class _RecordingPolicy(FixedPolicy):
+    """
+    Compresses every chunk with Zstandard and records what it is fed.
+    """
+
+    def __init__(self) -> None:
+        FixedPolicy.__init__(self, ZSTD)
+        self.feeds: list[tuple[float, int, bool]] = []
+
+    def fed(self, now: float, size: int, holding: bool) -> None:
+        self.feeds.append((now, size, holding))
+
+
+class FedTests(SynchronousTestCase):
+    """
+    The policy learns each chunk as it enters the stream, and whether the
+    stream was holding its source back then.
+    """
+
+    def setUp(self) -> None:
+        self.stream, self.session, self.threads = _Stream(), _Session(), _Threads()
+        self.policy = _RecordingPolicy()
+        self.now = 0.0
+        self.packer = Packer(self.stream, self.session, self.policy, self.threads, clock=lambda: self.now)
+
+    def test_compressionsAtTheirLimit(self) -> None:
+        """
+        Chunks that come while compressions are few are not held back by
+        the stream; one that comes once a compression ends while the rest
+        are still running is (the session was held until then).
+        """
+        for i in range(MAX_PENDING):
+            self.now = float(i)
+            self.packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(self.session.holds, {"compress"})
+        self.threads.finish()
+        self.now = 9.0
+        self.packer.sendChunk(1, HEAP[:500])
+        self.assertEqual(
+            self.policy.feeds,
+            [(float(i), 1000, i >= MAX_PENDING - 1) for i in range(MAX_PENDING)] + [(9.0, 500, True)],
+        )
+
+    def test_congested(self) -> None:
+        """
+        A chunk that comes while the link pushes back comes held back.
+        """
+        self.stream.congested = True
+        self.packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(self.policy.feeds, [(0.0, 1000, True)])
