@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from imgrelay.transport.tcpinfo import tcpSocket
+
 #: Seconds of silence before the first probe, between probes, and probes
 #: lost before the link is declared dead.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 30, 10, 3
@@ -26,11 +28,8 @@ def watchPeer(transport: Any) -> bool:
     @param transport: The link's transport (plain TCP or TLS over TCP).
     @return: Whether it had a TCP socket to set them on.
     """
-    try:
-        handle = transport.getHandle()
-    except Exception:
-        return False
-    if not isinstance(handle, socket.socket) or handle.family not in (socket.AF_INET, socket.AF_INET6):
+    handle = tcpSocket(transport)
+    if handle is None:
         return False
     handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in [

@@ -52,3 +52,28 @@ class WatchPeerTests(SynchronousTestCase):
         self.addCleanup(b.close)
         self.assertFalse(watchPeer(_Handle(a)))
         self.assertFalse(watchPeer(StringTransport()))
+
+    def test_tls(self) -> None:
+        """
+        A TLS link's transport hands out its TLS connection; the TCP socket
+        under it gets keepalive all the same.
+        """
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        server = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(server.close)
+        client = socket.create_connection(server.getsockname())
+        self.addCleanup(client.close)
+
+        class SocketTransport(StringTransport):
+            def getHandle(self) -> socket.socket:
+                return client
+
+        factory = TLSMemoryBIOFactory(optionsForClientTLS("cache.invalid"), True, Factory.forProtocol(Protocol))
+        tls = factory.buildProtocol(None)
+        tls.makeConnection(SocketTransport())
+        self.assertNotIsInstance(tls.getHandle(), socket.socket)
+        self.assertTrue(watchPeer(tls))
+        self.assertEqual(client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), USER_TIMEOUT)
