@@ -3,8 +3,11 @@
 When C{--compress auto} compresses a chunk, and with what (L{AutoPolicy}),
 from what it measures: no clock of its own, no I/O.
 
-Sent raw, the stream moves at the link's rate L (the cache's
-acknowledgements while the link is the bottleneck). Compressed with a
+Sent raw, the stream moves at the link's rate L: the kernel's measure of
+the connection's delivery whenever the link was what limited it, raw or
+compressed (L{imgrelay.transport.tcpinfo}); without one (not Linux, not
+TCP), the cache's acknowledgements while chunks go raw and the link holds
+the stream back. Compressed with a
 codec, it moves at the smaller of what that codec achieves, C, and L times
 the ratio r it shrinks the data by. So a codec pays when min(C, L r) beats
 L by L{MARGIN}, and the codec that pays most is used; the codec in use gives
@@ -21,7 +24,9 @@ MB/s in a traced 1 Gbit run whose dump went at 530.
 On a 1 Gbit link (L about 118 MB/s) heap memory (r 4 to 8) goes several
 times faster compressed; on loopback or a 10 Gbit link (L over 1 GB/s),
 or with random memory (r = 1), raw is faster. A link that keeps up gives
-no reason to compress, and no chunk is compressed then. While raw, a chunk
+no reason to compress, and no chunk is compressed then. Once it holds the
+stream back, the next chunks are sent with each codec in turn, to measure
+them; then, while raw, a chunk
 in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
 codecs are too slow for the link whatever the ratio), and while one codec
 is used, the other is tried as often, to keep their measures current.
@@ -31,6 +36,7 @@ without waiting for it.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Optional, Sequence
 
 from imgrelay.wire.codecs import RAW
@@ -54,6 +60,10 @@ WEAR = 0.01
 #: The least time over which a rate is measured.
 RATE_INTERVAL = 0.05
 
+#: The kernel's measures of the link's rate are taken at their highest
+#: over this many seconds.
+KERNEL_WINDOW = 0.2
+
 
 def _average(old: Optional[float], new: float) -> float:
     return new if old is None else old + WEIGHT * (new - old)
@@ -74,6 +84,7 @@ class CodecStats:
         self.ratio: Optional[float] = None
         self.streamRate: Optional[float] = None
         self.sinceProbe = 0
+        self.tried = False
 
     def achievable(self, linkRate: float) -> Optional[float]:
         """
@@ -103,6 +114,8 @@ class AutoPolicy:
         self.linkRate: Optional[float] = None
         self.codecs = {encoding: CodecStats() for encoding in encodings}
         self.current = RAW
+        self._kernelMeasures = False
+        self._kernelRates: deque[tuple[float, float]] = deque()
         self._linkMark: Optional[tuple[float, int]] = None
         self._fedMark: Optional[tuple[float, int, int]] = None
 
@@ -114,13 +127,36 @@ class AutoPolicy:
             only then, and while chunks go raw, is the rate the link's.
         """
         mark = self._linkMark
-        if not congested or self.current != RAW or mark is None:
+        if self._kernelMeasures or not congested or self.current != RAW or mark is None:
             self._linkMark = (now, received) if congested and self.current == RAW else None
             return
         then, before = mark
         if now - then >= RATE_INTERVAL:
             self.linkRate = _average(self.linkRate, (received - before) / (now - then))
             self._linkMark = (now, received)
+
+    def delivered(self, now: float, rate: float) -> None:
+        """
+        The kernel measured the link delivering C{rate} bytes per second
+        at C{now}, while it seemed what limited the connection (neither the
+        sender nor the receiver's window did, and it pushed back lately):
+        the link's rate, whatever the chunks carried. From the first such
+        measure on, the acknowledgements are not used for it.
+
+        The link's rate is the highest of these over the last
+        L{KERNEL_WINDOW} seconds, as TCP's BBR takes it: a measure can
+        read low for many reasons (over 10 Gbit, where the daemons rather
+        than the link limit the stream, some read 440 MB/s of a link
+        carrying 1.19 GB/s), but not high, once the link's queue is full.
+        """
+        self._kernelMeasures = True
+        window = self._kernelRates
+        while window and window[0][0] < now - KERNEL_WINDOW:
+            window.popleft()
+        while window and window[-1][1] <= rate:
+            window.pop()
+        window.append((now, rate))
+        self.linkRate = window[0][1]
 
     def fed(self, now: float, size: int, holding: bool) -> None:
         """
@@ -193,6 +229,14 @@ class AutoPolicy:
             a codec to try it with on the side, for the measures only (the
             chunk does not wait for that), or None.
         """
+        if congested:
+            # The link holds the stream back: a codec never tried is tried
+            # on this chunk itself, which goes as it compresses.
+            for encoding, stats in self.codecs.items():
+                if not stats.tried and stats.speed is None:
+                    stats.tried = True
+                    self.current = encoding
+                    return encoding, None
         choice, _ = self.best()
         self.current = choice
         if choice == RAW and not congested:
@@ -205,7 +249,7 @@ class AutoPolicy:
                 continue
             stats.sinceProbe += 1
             every = PROBE_EVERY if self._mightPay(stats) else PROBE_RARELY
-            if due is None and (stats.speed is None or stats.sinceProbe >= every):
+            if due is None and ((stats.speed is None and not stats.tried) or stats.sinceProbe >= every):
                 stats.sinceProbe = 0
                 due = encoding
         return choice, due
@@ -225,6 +269,11 @@ class FixedPolicy:
         self.encoding = encoding
 
     def acked(self, now: float, received: int, congested: bool) -> None:
+        """
+        Nothing to measure.
+        """
+
+    def delivered(self, now: float, rate: float) -> None:
         """
         Nothing to measure.
         """

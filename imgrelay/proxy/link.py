@@ -6,6 +6,7 @@ stream a L{LinkStream} hands it, and reports the cache's answers.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Optional, Sequence
 
 from twisted.internet.interfaces import IPushProducer
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from imgrelay.wire.framing import FramingError, HeaderReceived
 from imgrelay.transport.keepalive import watchPeer
+from imgrelay.transport.tcpinfo import Delivery, delivery, tcpSocket
 from imgrelay.proxy.packer import Compression
 from imgrelay.proxy.stream import DEFAULT_WINDOW, IConnection, LinkStream
 from imgrelay.wire.link import cacheMessageFramer, frame
@@ -56,6 +58,7 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         self._lost = False
         self._accepted = False
         self._heartbeat = 0.0
+        self._socket: Optional[socket.socket] = None
         self._sender: ISender
 
     def connectionMade(self) -> None:
@@ -65,6 +68,7 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
         """
         transport = self.transport
         assert transport is not None
+        self._socket = tcpSocket(transport)
         watchPeer(transport)
         reactor = self._reactor
         if reactor is None:
@@ -126,6 +130,12 @@ class ProxyLinkProtocol(Protocol, TimeoutMixin):
             transport = self.transport
             assert transport is not None
             self._sender.close(transport.loseConnection)
+
+    def delivery(self) -> Optional[Delivery]:
+        """
+        See L{IConnection.delivery}.
+        """
+        return None if self._socket is None else delivery(self._socket)
 
     def abort(self) -> None:
         """

@@ -23,6 +23,7 @@ from imgrelay.wire.link import CREATE, MAX_CHUNK, VERDICT_VERSION, VERSION, Prox
 from imgrelay.proxy.outbound import BadOffset, Buffer, OutboundLog
 from imgrelay.wire.pb import link_pb2
 from imgrelay.transport.pipes import PIPE_BLOCK, BufferRing
+from imgrelay.transport.tcpinfo import Delivery
 from imgrelay.proxy.session import ProxySession
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.compresspolicy import AutoPolicy, FixedPolicy
@@ -52,6 +53,12 @@ class IConnection(Interface):
     def close() -> None:
         """
         Send what is written, then close.
+        """
+
+    def delivery() -> Optional[Delivery]:
+        """
+        @return: The kernel's latest measure of the connection's delivery,
+            or None where there is none (not TCP, not Linux).
         """
 
 
@@ -181,6 +188,14 @@ class LinkStream:
         self.session.bytesOnLink += len(payload)
         header = link_pb2.Chunk(image=image, length=len(payload), encoding=encoding, size=size)  # type: ignore[arg-type]
         self._emit([frame(ProxyMessage(chunk=header)), payload])
+
+    def delivery(self) -> Optional[Delivery]:
+        """
+        @return: The kernel's latest measure of the link's delivery, if a
+            connection is up and has one.
+        """
+        connection = self._connection
+        return None if connection is None else connection.delivery()
 
     @property
     def congested(self) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay.proxy.compresspolicy import PROBE_EVERY, PROBE_RARELY, RATE_INTERVAL, AutoPolicy, FixedPolicy
+from imgrelay.proxy.compresspolicy import KERNEL_WINDOW, PROBE_EVERY, PROBE_RARELY, RATE_INTERVAL, AutoPolicy, FixedPolicy
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD
 
 MB = 1_000_000
@@ -120,15 +120,19 @@ class AutoPolicyTests(SynchronousTestCase):
 
     def test_unmeasured(self) -> None:
         """
-        Before anything is measured: raw while the link keeps up; while it
-        is the bottleneck, each codec never tried is tried at once.
+        Before anything is measured: raw while the link keeps up; once it
+        is the bottleneck, the next chunks go with each codec never tried,
+        in turn, and then raw (nothing tried on the side) until their
+        measures come.
         """
         policy = AutoPolicy([ZSTD, LZ4])
         self.assertEqual(policy.best(), (RAW, None))
         self.assertEqual(policy.choose(congested=False), (RAW, None))
-        self.assertEqual(policy.choose(congested=True), (RAW, ZSTD))
+        self.assertEqual(policy.choose(congested=True), (ZSTD, None))
+        self.assertEqual(policy.choose(congested=True), (LZ4, None))
+        self.assertEqual(policy.choose(congested=True), (RAW, None))
         policy.compressed(ZSTD, MiB, MiB // 7, MiB / (650 * MB))
-        self.assertEqual(policy.choose(congested=True), (RAW, LZ4))
+        self.assertEqual(policy.choose(congested=True), (RAW, None))
 
     def test_firstRatioTaken(self) -> None:
         """
@@ -213,3 +217,59 @@ class CodecStreamRateTests(SynchronousTestCase):
         policy = AutoPolicy([ZSTD, LZ4])
         _feed(policy, 500 * MB, start=0.0)
         self.assertEqual([s.streamRate for s in policy.codecs.values()], [None, None])
+
+
+class KernelLinkRateTests(SynchronousTestCase):
+    """
+    The kernel's measures of the link (L{AutoPolicy.delivered}) are its
+    rate, raw or compressed, and replace the acknowledgements' once there.
+    """
+
+    def test_beforeAnyAcknowledgement(self) -> None:
+        """
+        A 1 Gbit link measured by the kernel from the first chunks: heap
+        memory is compressed at once, without waiting for the cache's
+        acknowledgements to measure the link.
+        """
+        policy = AutoPolicy([ZSTD, LZ4])
+        _measureCodec(policy, ZSTD, 650 * MB, 7)
+        _measureCodec(policy, LZ4, 1000 * MB, 4)
+        policy.delivered(0.0, 119 * MB)
+        self.assertEqual(policy.choose(congested=True)[0], ZSTD)
+
+    def test_whileCompressing(self) -> None:
+        """
+        A link believed slow is measured again while compressed chunks go:
+        at 1.19 GB/s, raw beats both codecs.
+        """
+        policy = AutoPolicy([ZSTD, LZ4])
+        _measureCodec(policy, ZSTD, 650 * MB, 7)
+        _measureCodec(policy, LZ4, 1000 * MB, 4)
+        policy.delivered(0.0, 300 * MB)
+        self.assertNotEqual(policy.choose(congested=True)[0], RAW)
+        policy.delivered(0.01, 1190 * MB)
+        self.assertEqual(policy.choose(congested=True)[0], RAW)
+
+    def test_highestInWindow(self) -> None:
+        """
+        The link's rate is the highest measure of the last
+        L{KERNEL_WINDOW} seconds: measures that read low meanwhile do not
+        lower it, and it follows a slower link once the window is past.
+        """
+        policy = AutoPolicy([ZSTD])
+        for i, rate in enumerate([1190, 440, 600, 1100, 500]):
+            policy.delivered(i * 0.01, rate * MB)
+            self.assertEqual(policy.linkRate, 1190 * MB)
+        policy.delivered(KERNEL_WINDOW + 0.02, 500 * MB)
+        self.assertEqual(policy.linkRate, 1100 * MB)
+        policy.delivered(KERNEL_WINDOW + 0.05, 400 * MB)
+        self.assertEqual(policy.linkRate, 500 * MB)
+
+    def test_acknowledgementsIgnored(self) -> None:
+        """
+        Once the kernel measures the link, the acknowledgements do not.
+        """
+        policy = AutoPolicy([ZSTD])
+        policy.delivered(0.0, 1190 * MB)
+        _measureLink(policy, 100 * MB)
+        self.assertLess(abs((policy.linkRate or 0) - 1190 * MB), 1)

@@ -116,6 +116,15 @@ class ProxyLinkProtocolTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IPushProducer, self.protocol))
         self.assertTrue(verifyObject(ILinkSender, self.stream))
 
+    def test_deliveryWithoutSocket(self) -> None:
+        """
+        A transport with no TCP socket under it has no kernel measure of
+        its delivery (the policy then measures the link by the cache's
+        acknowledgements).
+        """
+        self.assertIsNone(self.protocol.delivery())
+        self.assertIsNone(self.stream.delivery())
+
     def test_hello(self) -> None:
         """
         On connection the proxy says hello with its version, session name,

@@ -5,7 +5,7 @@ bounded, the raw path uncopied, and the agreement with the cache.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,7 +13,9 @@ from zope.interface.verify import verifyObject
 
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.compresspolicy import FixedPolicy
+from imgrelay.proxy.compresspolicy import PROBE_RARELY
 from imgrelay.proxy.packer import MAX_PENDING, Packer, choose
+from imgrelay.transport.tcpinfo import Delivery
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
 from imgrelay.wire.link import MAX_CHUNK
 
@@ -30,6 +32,10 @@ class _Stream:
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
+        self.readings: list[Optional[Delivery]] = []
+
+    def delivery(self) -> Optional[Delivery]:
+        return self.readings.pop(0) if self.readings else None
 
     def sendOpen(self, image: int, snapshotId: str, name: str, mode: int) -> None:
         self.sent.append(("open", image))
@@ -288,6 +294,11 @@ class ProbeTests(SynchronousTestCase):
         stream, session, threads = _Stream(), _Session(), _Threads()
         stream.congested = True
         policy = AutoPolicy([ZSTD])
+        # Measured before, and not paying on this fast link, but due for
+        # another try.
+        policy.compressed(ZSTD, 1000, 1000, 1e-6)
+        policy.linkRate = 10e9
+        policy.codecs[ZSTD].sinceProbe = PROBE_RARELY
         packer = Packer(stream, session, policy, threads)
         packer.sendChunk(1, HEAP[:100_000])
         packer.sendChunk(1, HEAP[100_000:200_000])
@@ -296,7 +307,23 @@ class ProbeTests(SynchronousTestCase):
         threads.finish()
         ratio = policy.codecs[ZSTD].ratio
         assert ratio is not None
-        self.assertGreater(ratio, 3)
+        self.assertGreater(ratio, 1.5)
+
+    def test_firstTryInline(self) -> None:
+        """
+        While the link pushes back, a codec never tried is tried on the
+        chunk itself, which goes compressed.
+        """
+        from imgrelay.proxy.compresspolicy import AutoPolicy
+
+        stream, session, threads = _Stream(), _Session(), _Threads()
+        stream.congested = True
+        policy = AutoPolicy([ZSTD])
+        packer = Packer(stream, session, policy, threads)
+        packer.sendChunk(1, HEAP[:100_000])
+        threads.finish()
+        self.assertEqual(stream.chunks(), [("packed", HEAP[:100_000])])
+        self.assertIsNotNone(policy.codecs[ZSTD].speed)
 
 
 class _RecordingPolicy(FixedPolicy):
@@ -307,9 +334,13 @@ class _RecordingPolicy(FixedPolicy):
     def __init__(self) -> None:
         FixedPolicy.__init__(self, ZSTD)
         self.feeds: list[tuple[float, int, bool]] = []
+        self.rates: list[float] = []
 
     def fed(self, now: float, size: int, holding: bool) -> None:
         self.feeds.append((now, size, holding))
+
+    def delivered(self, now: float, rate: float) -> None:
+        self.rates.append(rate)
 
 
 class FedTests(SynchronousTestCase):
@@ -349,3 +380,44 @@ class FedTests(SynchronousTestCase):
         self.stream.congested = True
         self.packer.sendChunk(1, HEAP[:1000])
         self.assertEqual(self.policy.feeds, [(0.0, 1000, True)])
+
+
+class LinkMeasureTests(SynchronousTestCase):
+    """
+    Before each chunk, the policy gets the kernel's measure of the link,
+    when the link was what limited the connection.
+    """
+
+    def test_onlyWhenTheLinkLimited(self) -> None:
+        """
+        A reading taken while the sender had too little to send, or after
+        the receiver's window held the connection back, is not the link's.
+        """
+        stream, session, threads = _Stream(), _Session(), _Threads()
+        policy = _RecordingPolicy()
+        packer = Packer(stream, session, policy, threads)
+        stream.congested = True
+        stream.readings = [
+            Delivery(118e6, False, 0),
+            Delivery(40e6, True, 0),
+            Delivery(50e6, False, 700),
+            Delivery(119e6, False, 700),
+            None,
+        ]
+        for _ in range(5):
+            packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(policy.rates, [118e6, 119e6])
+
+    def test_onlyOnceItPushedBack(self) -> None:
+        """
+        Readings taken before the link pushed back (its queues still
+        filling, faster than its rate) are not its rate.
+        """
+        stream, session, threads = _Stream(), _Session(), _Threads()
+        policy = _RecordingPolicy()
+        packer = Packer(stream, session, policy, threads)
+        stream.readings = [Delivery(1242e6, False, 0), Delivery(119e6, False, 0)]
+        packer.sendChunk(1, HEAP[:1000])
+        stream.congested = True
+        packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(policy.rates, [119e6])
