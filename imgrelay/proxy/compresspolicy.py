@@ -24,9 +24,7 @@ MB/s in a traced 1 Gbit run whose dump went at 530.
 On a 1 Gbit link (L about 118 MB/s) heap memory (r 4 to 8) goes several
 times faster compressed; on loopback or a 10 Gbit link (L over 1 GB/s),
 or with random memory (r = 1), raw is faster. A link that keeps up gives
-no reason to compress, and no chunk is compressed then. Once it holds the
-stream back, the next chunks are sent with each codec in turn, to measure
-them; then, while raw, a chunk
+no reason to compress, and no chunk is compressed then. While raw, a chunk
 in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
 codecs are too slow for the link whatever the ratio), and while one codec
 is used, the other is tried as often, to keep their measures current.
@@ -84,7 +82,6 @@ class CodecStats:
         self.ratio: Optional[float] = None
         self.streamRate: Optional[float] = None
         self.sinceProbe = 0
-        self.tried = False
 
     def achievable(self, linkRate: float) -> Optional[float]:
         """
@@ -229,14 +226,6 @@ class AutoPolicy:
             a codec to try it with on the side, for the measures only (the
             chunk does not wait for that), or None.
         """
-        if congested:
-            # The link holds the stream back: a codec never tried is tried
-            # on this chunk itself, which goes as it compresses.
-            for encoding, stats in self.codecs.items():
-                if not stats.tried and stats.speed is None:
-                    stats.tried = True
-                    self.current = encoding
-                    return encoding, None
         choice, _ = self.best()
         self.current = choice
         if choice == RAW and not congested:
@@ -249,7 +238,7 @@ class AutoPolicy:
                 continue
             stats.sinceProbe += 1
             every = PROBE_EVERY if self._mightPay(stats) else PROBE_RARELY
-            if due is None and ((stats.speed is None and not stats.tried) or stats.sinceProbe >= every):
+            if due is None and (stats.speed is None or stats.sinceProbe >= every):
                 stats.sinceProbe = 0
                 due = encoding
         return choice, due

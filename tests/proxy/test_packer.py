@@ -13,7 +13,6 @@ from zope.interface.verify import verifyObject
 
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.compresspolicy import FixedPolicy
-from imgrelay.proxy.compresspolicy import PROBE_RARELY
 from imgrelay.proxy.packer import MAX_PENDING, Packer, choose
 from imgrelay.transport.tcpinfo import Delivery
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
@@ -294,11 +293,6 @@ class ProbeTests(SynchronousTestCase):
         stream, session, threads = _Stream(), _Session(), _Threads()
         stream.congested = True
         policy = AutoPolicy([ZSTD])
-        # Measured before, and not paying on this fast link, but due for
-        # another try.
-        policy.compressed(ZSTD, 1000, 1000, 1e-6)
-        policy.linkRate = 10e9
-        policy.codecs[ZSTD].sinceProbe = PROBE_RARELY
         packer = Packer(stream, session, policy, threads)
         packer.sendChunk(1, HEAP[:100_000])
         packer.sendChunk(1, HEAP[100_000:200_000])
@@ -307,23 +301,7 @@ class ProbeTests(SynchronousTestCase):
         threads.finish()
         ratio = policy.codecs[ZSTD].ratio
         assert ratio is not None
-        self.assertGreater(ratio, 1.5)
-
-    def test_firstTryInline(self) -> None:
-        """
-        While the link pushes back, a codec never tried is tried on the
-        chunk itself, which goes compressed.
-        """
-        from imgrelay.proxy.compresspolicy import AutoPolicy
-
-        stream, session, threads = _Stream(), _Session(), _Threads()
-        stream.congested = True
-        policy = AutoPolicy([ZSTD])
-        packer = Packer(stream, session, policy, threads)
-        packer.sendChunk(1, HEAP[:100_000])
-        threads.finish()
-        self.assertEqual(stream.chunks(), [("packed", HEAP[:100_000])])
-        self.assertIsNotNone(policy.codecs[ZSTD].speed)
+        self.assertGreater(ratio, 3)
 
 
 class _RecordingPolicy(FixedPolicy):
