@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.compresspolicy import FixedPolicy
-from imgrelay.proxy.packer import MAX_PENDING, Packer, choose
+from imgrelay.proxy.packer import MAX_PENDING, PROBE_SIZE, Packer, choose
 from imgrelay.transport.tcpinfo import Delivery
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
 from imgrelay.wire.link import MAX_CHUNK
@@ -294,10 +294,12 @@ class ProbeTests(SynchronousTestCase):
         stream.congested = True
         policy = AutoPolicy([ZSTD])
         packer = Packer(stream, session, policy, threads)
-        packer.sendChunk(1, HEAP[:100_000])
-        packer.sendChunk(1, HEAP[100_000:200_000])
+        packer.sendChunk(1, HEAP[:300_000])
+        packer.sendChunk(1, HEAP[300_000:600_000])
         self.assertEqual([kind for kind, _ in stream.chunks()], ["raw", "raw"])
         self.assertEqual(len(threads.jobs), 1)
+        # A quarter of a MiB of the chunk is tried, not all of it.
+        self.assertEqual(threads.jobs[0][1][1], HEAP[:PROBE_SIZE])
         threads.finish()
         ratio = policy.codecs[ZSTD].ratio
         assert ratio is not None
