@@ -34,6 +34,7 @@ without waiting for it.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from typing import Optional, Sequence
 
@@ -58,7 +59,7 @@ WEAR = 0.01
 #: The least time over which a rate is measured.
 RATE_INTERVAL = 0.05
 
-#: The kernel's measures of the link's rate are taken at their highest
+#: The kernel's measures of the link's rate are taken at their median
 #: over this many seconds.
 KERNEL_WINDOW = 0.2
 
@@ -140,20 +141,20 @@ class AutoPolicy:
         the link's rate, whatever the chunks carried. From the first such
         measure on, the acknowledgements are not used for it.
 
-        The link's rate is the highest of these over the last
-        L{KERNEL_WINDOW} seconds, as TCP's BBR takes it: a measure can
-        read low for many reasons (over 10 Gbit, where the daemons rather
-        than the link limit the stream, some read 440 MB/s of a link
-        carrying 1.19 GB/s), but not high, once the link's queue is full.
+        The link's rate is the median of these over the last
+        L{KERNEL_WINDOW} seconds: single measures read wide of it both ways
+        (over 10 Gbit, where the daemons rather than the link limit the
+        stream, some read 440 MB/s of a link carrying 1.19 GB/s; on a link
+        whose queue emptied, a burst can read far above its rate, and
+        taking the highest, as TCP's BBR does, would then stop compression
+        for the whole window).
         """
         self._kernelMeasures = True
         window = self._kernelRates
         while window and window[0][0] < now - KERNEL_WINDOW:
             window.popleft()
-        while window and window[-1][1] <= rate:
-            window.pop()
         window.append((now, rate))
-        self.linkRate = window[0][1]
+        self.linkRate = statistics.median(r for _, r in window)
 
     def fed(self, now: float, size: int, holding: bool) -> None:
         """

@@ -244,23 +244,24 @@ class KernelLinkRateTests(SynchronousTestCase):
         _measureCodec(policy, LZ4, 1000 * MB, 4)
         policy.delivered(0.0, 300 * MB)
         self.assertNotEqual(policy.choose(congested=True)[0], RAW)
-        policy.delivered(0.01, 1190 * MB)
+        for i in range(1, 4):
+            policy.delivered(i * 0.01, 1190 * MB)
         self.assertEqual(policy.choose(congested=True)[0], RAW)
 
-    def test_highestInWindow(self) -> None:
+    def test_medianInWindow(self) -> None:
         """
-        The link's rate is the highest measure of the last
-        L{KERNEL_WINDOW} seconds: measures that read low meanwhile do not
-        lower it, and it follows a slower link once the window is past.
+        The link's rate is the median of the measures of the last
+        L{KERNEL_WINDOW} seconds: a burst read far above it, or a measure
+        far below, does not move it; a slower link is followed once most
+        measures say so.
         """
         policy = AutoPolicy([ZSTD])
-        for i, rate in enumerate([1190, 440, 600, 1100, 500]):
+        for i, rate in enumerate([119, 118, 2600, 120, 40, 119, 117]):
             policy.delivered(i * 0.01, rate * MB)
-            self.assertEqual(policy.linkRate, 1190 * MB)
-        policy.delivered(KERNEL_WINDOW + 0.02, 500 * MB)
-        self.assertEqual(policy.linkRate, 1100 * MB)
-        policy.delivered(KERNEL_WINDOW + 0.05, 400 * MB)
-        self.assertEqual(policy.linkRate, 500 * MB)
+        self.assertEqual(policy.linkRate, 119 * MB)
+        for i in range(10):
+            policy.delivered(KERNEL_WINDOW + 0.1 + i * 0.01, 60 * MB)
+        self.assertEqual(policy.linkRate, 60 * MB)
 
     def test_acknowledgementsIgnored(self) -> None:
         """
