@@ -41,6 +41,11 @@ MAX_PENDING = 4
 #: A compressed chunk must come to at most this share of its size.
 SHRINK = 0.9
 
+#: The kernel's measure of the link is read at most this often (seconds):
+#: a chunk can come every millisecond, and the policy takes the median of
+#: what it read over 0.2 s.
+READ_LINK_EVERY = 0.005
+
 #: A try on the side compresses this much of its chunk, not all of it: the
 #: speed and ratio of a quarter of a MiB of the data are those of the MiB,
 #: and the tries, which a link that keeps up still sees a few of, cost the
@@ -136,6 +141,7 @@ class Packer:
         self._failed = False
         self._probing = False
         self._rwndLimited = 0
+        self._lastReading = float("-inf")
         self.ring = stream.ring
 
     # ILinkSender
@@ -258,12 +264,16 @@ class Packer:
         faster than the link's rate, through its queues: 346 to 1242 MB/s
         on a 1 Gbit link before it pushed back).
         """
+        now = self._clock()
+        if now - self._lastReading < READ_LINK_EVERY:
+            return
+        self._lastReading = now
         reading = self._stream.delivery()
         if reading is None:
             return
         rwnd, self._rwndLimited = self._rwndLimited, reading.rwndLimited
         if not reading.appLimited and reading.rwndLimited == rwnd and self._stream.congested:
-            self.policy.delivered(self._clock(), reading.rate)
+            self.policy.delivered(now, reading.rate)
 
     def acked(self, received: int) -> None:
         """

@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 from imgrelay.proxy.interfaces import ILinkSender
 from imgrelay.proxy.compresspolicy import FixedPolicy
-from imgrelay.proxy.packer import MAX_PENDING, PROBE_SIZE, Packer, choose
+from imgrelay.proxy.packer import MAX_PENDING, PROBE_SIZE, READ_LINK_EVERY, Packer, choose
 from imgrelay.transport.tcpinfo import Delivery
 from imgrelay.wire.codecs import LZ4, RAW, ZSTD, decode
 from imgrelay.wire.link import MAX_CHUNK
@@ -362,6 +362,19 @@ class FedTests(SynchronousTestCase):
         self.assertEqual(self.policy.feeds, [(0.0, 1000, True)])
 
 
+class _Ticks:
+    """
+    A clock that moves on by C{step} each time it is read.
+    """
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 class LinkMeasureTests(SynchronousTestCase):
     """
     Before each chunk, the policy gets the kernel's measure of the link,
@@ -375,7 +388,8 @@ class LinkMeasureTests(SynchronousTestCase):
         """
         stream, session, threads = _Stream(), _Session(), _Threads()
         policy = _RecordingPolicy()
-        packer = Packer(stream, session, policy, threads)
+        clock = _Ticks(READ_LINK_EVERY)
+        packer = Packer(stream, session, policy, threads, clock=clock)
         stream.congested = True
         stream.readings = [
             Delivery(118e6, False, 0),
@@ -395,9 +409,25 @@ class LinkMeasureTests(SynchronousTestCase):
         """
         stream, session, threads = _Stream(), _Session(), _Threads()
         policy = _RecordingPolicy()
-        packer = Packer(stream, session, policy, threads)
+        packer = Packer(stream, session, policy, threads, clock=_Ticks(READ_LINK_EVERY))
         stream.readings = [Delivery(1242e6, False, 0), Delivery(119e6, False, 0)]
         packer.sendChunk(1, HEAP[:1000])
         stream.congested = True
         packer.sendChunk(1, HEAP[:1000])
         self.assertEqual(policy.rates, [119e6])
+
+    def test_notTooOften(self) -> None:
+        """
+        Chunks that come less than L{READ_LINK_EVERY} after the last
+        reading do not read the kernel's measure again.
+        """
+        stream, session, threads = _Stream(), _Session(), _Threads()
+        policy = _RecordingPolicy()
+        now = [0.0]
+        packer = Packer(stream, session, policy, threads, clock=lambda: now[0])
+        stream.congested = True
+        stream.readings = [Delivery(float(n), False, 0) for n in range(1, 10)]
+        for t in (0.0, 0.001, 0.002, 0.006, 0.007, 0.0115, 0.012):
+            now[0] = t
+            packer.sendChunk(1, HEAP[:1000])
+        self.assertEqual(policy.rates, [1.0, 2.0, 3.0])
