@@ -7,12 +7,12 @@ Sent raw, the stream moves at the link's rate L: the kernel's measure of
 the connection's delivery whenever the link was what limited it, raw or
 compressed (L{imgrelay.transport.tcpinfo}); without one (not Linux, not
 TCP), the cache's acknowledgements while chunks go raw and the link holds
-the stream back. Compressed with a
-codec, it moves at the smaller of what that codec achieves, C, and L times
-the ratio r it shrinks the data by. So a codec pays when min(C, L r) beats
-L by L{MARGIN}, and the codec that pays most is used; the codec in use gives
-way to another only when that one pays L{MARGIN} times more. C is the codec's
-speed on the chunks it compressed, or, once measured, the lower rate at
+the stream back. Compressed with a codec, it moves at the smaller of what
+that codec achieves, C, and L times the ratio r it shrinks the data by. So
+a codec pays when min(C, L r) beats L by L{MARGIN}, and the codec that pays
+most is used; the codec in use gives way to another only when that one
+pays L{MARGIN} times more. C is the codec's speed on the chunks it
+compressed, or, once measured, the lower rate at
 which image bytes entered the stream while that codec was used and the
 stream held its source back (its compressions at their limit, or the link
 congested): on two cores the cache's decoding and CPU shared with CRIU can
@@ -28,8 +28,8 @@ no reason to compress, and no chunk is compressed then. While raw, a chunk
 in L{PROBE_EVERY} is compressed all the same (in L{PROBE_RARELY} when the
 codecs are too slow for the link whatever the ratio), and while one codec
 is used, the other is tried as often, to keep their measures current.
-Such a try compresses a copy on the side: the chunk goes as chosen,
-without waiting for it.
+Such a try compresses a copy of the chunk's start on the side: the chunk
+goes as chosen, without waiting for it.
 """
 
 from __future__ import annotations
