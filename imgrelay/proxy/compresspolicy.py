@@ -12,14 +12,14 @@ that codec achieves, C, and L times the ratio r it shrinks the data by. So
 a codec pays when min(C, L r) beats L by L{MARGIN}, and the codec that pays
 most is used; the codec in use gives way to another only when that one
 pays L{MARGIN} times more. C is the codec's speed on the chunks it
-compressed, or, once measured, the lower rate at
-which image bytes entered the stream while that codec was used and the
-stream held its source back (its compressions at their limit, or the link
-congested): on two cores the cache's decoding and CPU shared with CRIU can
-hold it well below the compressor's own speed. That rate is taken where
-the bytes come in, a chunk at a time: taken from the cache's
-acknowledgements of compressed bytes, a few per interval, it read 400
-MB/s in a traced 1 Gbit run whose dump went at 530.
+compressed, or, once measured, the lower rate at which image bytes entered
+the stream while that codec was used and the stream held its source back
+(its compressions at their limit, or the link congested): on two cores the
+cache's decoding and CPU shared with CRIU can hold it well below the
+compressor's own speed. That rate is taken where the bytes come in, a
+chunk at a time: taken from the cache's acknowledgements of compressed
+bytes, a few per interval, it read 400 MB/s in a traced 1 Gbit run whose
+dump went at 530.
 
 On a 1 Gbit link (L about 118 MB/s) heap memory (r 4 to 8) goes several
 times faster compressed; on loopback or a 10 Gbit link (L over 1 GB/s),
@@ -74,8 +74,8 @@ class CodecStats:
 
     @ivar speed: Image bytes per second it compressed a chunk at.
     @ivar ratio: Image bytes per byte it sent.
-    @ivar streamRate: Image bytes per second the stream moved while it was
-        used and the link was still the bottleneck.
+    @ivar streamRate: Image bytes per second that entered the stream while
+        it was used and the stream held its source back.
     """
 
     def __init__(self) -> None:
@@ -99,8 +99,8 @@ class AutoPolicy:
     """
     See the module docstring.
 
-    @ivar linkRate: The link's rate while it was the bottleneck and chunks
-        went raw, bytes per second; None until measured.
+    @ivar linkRate: The link's rate while it was the bottleneck, bytes per
+        second (see L{delivered} and L{acked}); None until measured.
     @ivar codecs: What is known of each codec the cache decodes.
     @ivar current: What the last chunk was sent with (C{RAW} or a codec).
     """
@@ -112,7 +112,6 @@ class AutoPolicy:
         self.linkRate: Optional[float] = None
         self.codecs = {encoding: CodecStats() for encoding in encodings}
         self.current = RAW
-        self._kernelMeasures = False
         self._kernelRates: deque[tuple[float, float]] = deque()
         self._linkMark: Optional[tuple[float, int]] = None
         self._fedMark: Optional[tuple[float, int, int]] = None
@@ -124,9 +123,10 @@ class AutoPolicy:
         @param congested: Whether the link held the stream back meanwhile:
             only then, and while chunks go raw, is the rate the link's.
         """
+        measuring = congested and self.current == RAW and not self._kernelRates
         mark = self._linkMark
-        if self._kernelMeasures or not congested or self.current != RAW or mark is None:
-            self._linkMark = (now, received) if congested and self.current == RAW else None
+        if not measuring or mark is None:
+            self._linkMark = (now, received) if measuring else None
             return
         then, before = mark
         if now - then >= RATE_INTERVAL:
@@ -149,7 +149,6 @@ class AutoPolicy:
         taking the highest, as TCP's BBR does, would then stop compression
         for the whole window).
         """
-        self._kernelMeasures = True
         window = self._kernelRates
         while window and window[0][0] < now - KERNEL_WINDOW:
             window.popleft()
