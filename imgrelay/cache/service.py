@@ -123,10 +123,11 @@ class CacheService(MultiService):
             # The link only calls claim(name) (ISessionClaims) on what it is given.
             self.workers = Workers(reactor, "imgrelay-cache-decode")
             self.workers.setServiceParent(self)
+            self.restores = self._restoreJobs(config, reactor)
             self._linkFactory = CacheLinkFactory(
                 claims, reactor.seconds, reactor, config.verbose, config.limits, config.resumeTimeout, self.bound,
                 config.idleTimeout, config.heartbeat, lambda *job: self.workers.run(decode, *job),
-                self._restores(config, reactor),
+                self.restores,
             )
         if config.tls is None:
             self._link = strports.service(config.listen, self._linkFactory, reactor=reactor)
@@ -155,17 +156,17 @@ class CacheService(MultiService):
     #: C{imgrelay migrate}.
     restores: Optional[RestoreJobs] = None
 
-    def _restores(self, config: CacheConfig, reactor: Any) -> Optional[RestoreJobs]:
+    @staticmethod
+    def _restoreJobs(config: CacheConfig, reactor: Any) -> Optional[RestoreJobs]:
         if not config.restore:
             return None
         assert config.criu is not None
         root, imagesDir = config.sessionsRoot, config.imagesDir
-        self.restores = RestoreJobs(
+        return RestoreJobs(
             reactor, config.criu, config.restoreArgs,
             lambda name: os.path.join(root, name) if root is not None else imagesDir or "",
             reactor.seconds, config.resumeTimeout,
         )
-        return self.restores
 
     @property
     def sessions(self) -> list[Session]:
