@@ -27,6 +27,7 @@ from benchmarks._content import warmMemory
 from benchmarks._runner import BenchmarkError
 from imgrelay.testing import realcriu
 from imgrelay.testing.daemons import Daemon, freePort
+from imgrelay.local.proctree import residentBytes
 from imgrelay.testing.realcriu import Criu, CriuRun, Victim
 from imgrelay.transport.localsock import CAPTURE_SOCKET, SERVE_SOCKET
 
@@ -129,12 +130,6 @@ def cases(keys: Sequence[str], scale: float) -> list[Case]:
         "criu-h": Case("criu-h", f"heap victim, {objects} Python objects", "heap", ("--objects", str(objects))),
     }
     return [made[k] for k in keys]
-
-
-def _vmRss(pid: int) -> int:
-    """@return: The VmRSS of C{pid}, bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def _directory(parent: str, name: str) -> str:
@@ -322,7 +317,7 @@ def runOnce(case: Case, system: str, run: int, migrate: Optional[Migrate] = None
             before = victim.report()
             if not before.get("ok"):
                 raise BenchmarkError(f"the victim fails its own check before the dump: {before}")
-            rss = _vmRss(victim.pid)
+            rss = residentBytes(victim.pid)
             warmMemory(4 * rss)
             if migrate is None:
                 migrate = _baseline if system == "baseline" else _imgrelay

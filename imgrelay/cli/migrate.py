@@ -25,7 +25,7 @@ from imgrelay.cli.progress import Progress
 from imgrelay.config import ProxyConfig
 from imgrelay.core.errors import SessionError
 from imgrelay.local.criurun import ExitStatus, logTail
-from imgrelay.local.proctree import killTree, resumeTree, treeOf
+from imgrelay.local.proctree import killTree, residentBytes, resumeTree, treeOf
 from imgrelay.proxy.interfaces import SessionOutcome
 from imgrelay.proxy.service import ProxyService
 from imgrelay.proxy.session import ProxySession
@@ -73,10 +73,7 @@ def _treeBytes(pid: int) -> int:
     total = 0
     for member in treeOf(pid):
         try:
-            with open(f"/proc/{member}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+            total += residentBytes(member)
         except OSError:
             continue
     return total

@@ -2,7 +2,8 @@
 """
 A process tree by its root's pid, as CRIU dumps and restores one: every
 task in it (L{treeOf}), and a signal to all of them (L{signalTree}), to
-resume a tree CRIU left stopped (C{SIGCONT}) or to end one (C{SIGKILL}).
+resume a tree CRIU left stopped (C{SIGCONT}) or to end one (C{SIGKILL});
+and what one task holds (L{residentBytes}) and does (L{state}).
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def killTree(pid: int) -> list[int]:
     Kill a tree, stopped or not.
     """
     return signalTree(pid, signal.SIGKILL)
+
+
+def residentBytes(pid: int) -> int:
+    """
+    @return: The memory C{pid} has resident (C{VmRSS}), bytes; 0 for a
+        process that has none (a zombie).
+    @raise OSError: If there is no such process.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def state(pid: int) -> str | None:

@@ -11,7 +11,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgrelay.local.proctree import killTree, resumeTree, signalTree, state, treeOf
+from imgrelay.local.proctree import killTree, residentBytes, resumeTree, signalTree, state, treeOf
 
 #: A parent that starts two children and waits.
 _PARENT = (
@@ -76,3 +76,14 @@ class TreeTests(SynchronousTestCase):
         self.assertEqual(treeOf(self.parent.pid), [])
         self.assertEqual(resumeTree(self.parent.pid), [])
         self.assertIsNone(state(self.parent.pid))
+        self.assertRaises(OSError, residentBytes, self.parent.pid)
+
+    def test_residentBytes(self) -> None:
+        """
+        A live process's resident memory, as its status says in kB.
+        """
+        with open(f"/proc/{self.parent.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        self.assertGreater(kb, 0)
+        # The same to within a MiB (the parent only sleeps meanwhile).
+        self.assertLess(abs(residentBytes(self.parent.pid) // 1024 - kb), 1024)
