@@ -25,6 +25,7 @@ from imgrelay.core.observers import Observers
 from imgrelay.local.criurun import ExitStatus, logTail
 from imgrelay.local.proctree import killTree, resumeTree, treeOf
 
+
 @attrs.frozen
 class RestoreOutcome:
     """

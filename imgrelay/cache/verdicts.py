@@ -35,6 +35,7 @@ from imgrelay.wire.framing import FramingError, HeaderReceived
 from imgrelay.wire.link import VERDICT_VERSION, CacheMessage, frame, proxyMessageFramer
 from imgrelay.wire.pb import link_pb2
 
+
 class RestoreJobs:
     """
     See the module docstring.
