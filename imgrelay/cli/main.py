@@ -21,6 +21,10 @@ from imgrelay.cli.progress import Progress, humanBytes
 #: Exit statuses.
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
+#: What C{--compress} takes: the proxy's modes (L{imgrelay.proxy.packer.MODES}),
+#: spelled here so that parsing a command loads neither Twisted nor codecs.
+COMPRESS_MODES = ("auto", "zstd", "lz4", "none")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -53,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--reconnect-timeout", metavar="SECONDS", type=float, default=60.0,
                       help="after a broken link, redial and resume; fail after this long without one (default 60)")
     send.add_argument("--snapshot", metavar="ID", default="", help="the snapshot id of the images (default none)")
-    send.add_argument("--compress", choices=["auto", "zstd", "lz4", "none"], default="auto",
+    send.add_argument("--compress", choices=COMPRESS_MODES, default="auto",
                       help="link compression, as the proxy's (default auto)")
     send.add_argument("--tls-cert", metavar="PEM")
     send.add_argument("--tls-key", metavar="PEM")
@@ -70,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--pid", required=True, type=int, help="the root of the tree to migrate")
     migrate.add_argument("--to", required=True, metavar="ENDPOINT", help="the cache's link, e.g. tcp:host=dest:port=7070")
     migrate.add_argument("--session", metavar="NAME", help="the session's name (default HOST-migrate-PID)")
-    migrate.add_argument("--compress", choices=["auto", "zstd", "lz4", "none"], default="auto",
+    migrate.add_argument("--compress", choices=COMPRESS_MODES, default="auto",
                          help="link compression (default auto)")
     migrate.add_argument("--criu", metavar="PATH", help="the CRIU binary (default $IMGRELAY_CRIU, else criu on PATH)")
     migrate.add_argument("--dump-args", metavar="ARGS", default="", help="more arguments for criu dump")

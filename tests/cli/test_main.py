@@ -51,6 +51,20 @@ class MainTests(SynchronousTestCase):
         self.assertEqual(self.main("send", "dir")[0], 2)
         self.assertEqual(self.main("frobnicate")[0], 2)
 
+    def test_compressModes(self) -> None:
+        """
+        C{send} and C{migrate} take the proxy's C{--compress} modes, and
+        only those.
+        """
+        from imgrelay.proxy.packer import MODES
+
+        self.assertEqual(_cli.COMPRESS_MODES, MODES)
+        to = ["--to", "tcp:host=h:port=1"]
+        for command, rest in (("send", ["dir", *to]), ("migrate", ["--pid", "1", *to])):
+            status, _, err = self.main(command, *rest, "--compress", "gzip")
+            self.assertEqual(status, 2)
+            self.assertIn("invalid choice: 'gzip'", err)
+
     def test_fetchUnreachable(self) -> None:
         """
         A fetch from a socket that is not there exits 1 with one line.
