@@ -147,10 +147,10 @@ def _send(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from imgrelay.core.names import defaultSessionName
     from imgrelay.transport.tls import TLSFiles
 
-    tlsFiles = [args.tls_cert, args.tls_key, args.tls_ca]
-    if any(tlsFiles) and not all(tlsFiles):
-        return _fail(stderr, "send", "TLS needs all of --tls-cert, --tls-key and --tls-ca")
-    tls = TLSFiles(*tlsFiles) if all(tlsFiles) else None
+    try:
+        tls = TLSFiles.given(args.tls_cert, args.tls_key, args.tls_ca)
+    except ValueError as e:
+        return _fail(stderr, "send", str(e))
     name = args.session or defaultSessionName(args.directory)
     status: list[int] = []
 

@@ -40,9 +40,10 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from imgrelay.local.criubin import CriuNotFound, findCriu
     from imgrelay.transport.tls import TLSFiles
 
-    tlsFiles = [args.tls_cert, args.tls_key, args.tls_ca]
-    if any(tlsFiles) and not all(tlsFiles):
-        return _fail(stderr, "TLS needs all of --tls-cert, --tls-key and --tls-ca", USAGE)
+    try:
+        tls = TLSFiles.given(args.tls_cert, args.tls_key, args.tls_ca)
+    except ValueError as e:
+        return _fail(stderr, str(e), USAGE)
     try:
         criu = args.criu or findCriu()
         dumpArgs = shlex.split(args.dump_args)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         config = ProxyConfig(
             connect=args.to, imagesDir=imagesDir, sessionName=name, oneshot=True, verdict=True,
             compress=args.compress, reconnectTimeout=args.reconnect_timeout,
-            tls=TLSFiles(*tlsFiles) if all(tlsFiles) else None, **extra,
+            tls=tls, **extra,
         )
     except ValueError as e:
         shutil.rmtree(imagesDir, ignore_errors=True)

@@ -39,6 +39,20 @@ class TLSFiles:
     key: str
     ca: str
 
+    @classmethod
+    def given(cls, cert: Optional[str], key: Optional[str], ca: Optional[str]) -> Optional[TLSFiles]:
+        """
+        @return: The files of a command's C{--tls-cert}, C{--tls-key} and
+            C{--tls-ca}, or None where none was given.
+        @raise ValueError: If only some were.
+        """
+        files = (cert, key, ca)
+        if not any(files):
+            return None
+        if not all(files):
+            raise ValueError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+        return cls(*files)  # type: ignore[arg-type]
+
 
 def _read(path: str, what: str) -> bytes:
     try:

@@ -65,6 +65,14 @@ class MainTests(SynchronousTestCase):
             self.assertEqual(status, 2)
             self.assertIn("invalid choice: 'gzip'", err)
 
+    def test_migrateHalfTLS(self) -> None:
+        """
+        C{migrate} with some of the TLS options is a usage error, said
+        before anything runs.
+        """
+        status, _, err = self.main("migrate", "--pid", "1", "--to", "tcp:host=h:port=1", "--tls-cert", "c.pem")
+        self.assertEqual((status, err), (2, "imgrelay migrate: TLS needs all of --tls-cert, --tls-key and --tls-ca\n"))
+
     def test_fetchUnreachable(self) -> None:
         """
         A fetch from a socket that is not there exits 1 with one line.

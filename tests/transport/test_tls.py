@@ -237,3 +237,19 @@ class TLSOptionsTests(SynchronousTestCase):
         self.assertEqual(hostOf("tcp:dest:7070"), "dest")
         self.assertEqual(hostOf("tcp:port=7070:host=10.0.0.2"), "10.0.0.2")
         self.assertIsNone(hostOf("unix:/tmp/x"))
+
+
+class GivenTests(SynchronousTestCase):
+    """
+    L{TLSFiles.given}: a command's three TLS options, all or none.
+    """
+
+    def test_allOrNone(self) -> None:
+        self.assertIsNone(TLSFiles.given(None, None, None))
+        self.assertEqual(TLSFiles.given("c.pem", "k.pem", "ca.pem"), TLSFiles("c.pem", "k.pem", "ca.pem"))
+
+    def test_some(self) -> None:
+        for some in (("c.pem", None, None), (None, "k.pem", "ca.pem"), ("c.pem", "k.pem", "")):
+            with self.assertRaises(ValueError) as raised:
+                TLSFiles.given(*some)
+            self.assertEqual(str(raised.exception), "TLS needs all of --tls-cert, --tls-key and --tls-ca")
